@@ -1,0 +1,33 @@
+/*
+ * log.h - one structured line per event on stderr, logfmt: `ts=... level=info msg=...
+ * key=value ...`. Values are quoted and escaped so no input can forge a line or a key.
+ * The level is checked before anything is formatted. Targets are masked with
+ * log_mask_target(); codes, keys and passwords are never given to the logger.
+ * Thread-safety: log_set_level() once at start (before threads); log_write() from any
+ * thread — each line is written with one write(2) so lines never interleave.
+ */
+#ifndef OTPD_LOG_H
+#define OTPD_LOG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+enum log_level { LOG_DEBUG = 0, LOG_INFO = 1, LOG_WARN = 2, LOG_ERROR = 3 };
+
+void log_set_level(enum log_level lvl);
+bool log_enabled(enum log_level lvl);
+
+/* log_write(LOG_INFO, "started", "listen", "127.0.0.1:8080", "threads", "4", NULL):
+ * msg, then key/value string pairs ending with NULL. A NULL value prints as "". */
+void log_write(enum log_level lvl, const char *msg, ...) __attribute__((sentinel));
+
+/* Mask a target for the log: phones and ids keep their first 4 and last 4 characters
+ * (7701***4567), emails their first character and domain (f***@example.com). Short
+ * values become "***". Always NUL-terminates out. */
+void log_mask_target(const char *target, char *out, size_t cap);
+
+/* Append `key=value` (escaped) to buf at *len (bounded by cap); the line builder used by
+ * log_write, exported for modules that build their own lines (tests use it too). */
+void log_append_kv(char *buf, size_t cap, size_t *len, const char *key, const char *value);
+
+#endif
