@@ -1,0 +1,833 @@
+/*
+ * worker.c - the outbox delivery workers (outbox.h). Claims due jobs from the store with a
+ * lease, opens and decodes each sealed payload, hands it to its provider, and records
+ * the outcome: sent, retry with backoff, or dead. Must not hold a code longer than one
+ * send, and never logs a code or a target in clear.
+ *
+ * DESIGN
+ * ------
+ * cfg->outbox_workers threads share one struct outbox. Each loops: claim up to `batch`
+ * due jobs (store_outbox_claim, lease_until = now + OTPD_OUTBOX_LEASE), deliver them one
+ * after the other, claim again. The batch is small (lease / (provider timeout + 1),
+ * 1..OUTBOX_BATCH_MAX) so a batch can be finished before its lease runs out; a later job
+ * of the batch whose lease would expire during a send is released rather than sent, so
+ * another worker never re-claims a job that is still being delivered.
+ *
+ * When nothing is due a worker sleeps on `idle_cv` until outbox_notify() (a job was just
+ * committed), the earliest pending next_at in the store, or at most one second: the
+ * poll also picks up jobs whose lease expired (their worker or process died) and jobs
+ * written by other otpd processes on a shared PostgreSQL. `gen` counts notifications so
+ * one that arrives between the claim and the wait is not lost. A claim that comes back
+ * full wakes one more idle worker to help. A store error during a claim is logged and
+ * retried after 200 ms, doubling to 2 s: never a crash, never a spin.
+ *
+ * Outcomes: delivered -> store_outbox_sent; OTP_ERR_PERMANENT, a payload that does not
+ * open or decode, a provider that cannot be built -> dead at once; any other failure ->
+ * retry at now + outbox_backoff_ms(), or dead when that was attempt OTPD_OUTBOX_MAX_TRIES
+ * or the retry would fall after created_at + OTPD_OUTBOX_MAX_AGE. A job found already
+ * over either limit when claimed (it was claimed by a worker that died, or the limits
+ * were lowered) is declared dead without a new attempt. Writing the outcome is retried
+ * briefly; if the store stays down the job keeps its lease and is delivered again after
+ * it expires (delivery is at-least-once; job.id is the provider's idempotency key).
+ *
+ * Providers: one per distinct provider name in use by the five channels is built by
+ * outbox_new(), which fails when one cannot be built (unknown name, missing settings).
+ * A job names the provider chosen when it was sent; if that name is no longer configured
+ * the provider is built lazily from the current configuration and kept, and if it cannot
+ * be built the job is declared dead with the reason (the configuration is immutable, so
+ * waiting would not help). With DUMMY the send path stores jobs as skipped, no provider is
+ * built and no worker is started: jobs left pending from before stay pending and are
+ * delivered by a later run without DUMMY (or by another process on a shared database).
+ *
+ * Shutdown: outbox_stop() sets `stopping` and wakes everyone. A worker finishes the send
+ * in progress, releases (store_outbox_release) what it claimed but did not start, and
+ * exits. When the deadline passes first, outbox_stop() itself takes and releases the
+ * not-started jobs of the workers still sending, joins the workers that exited, and
+ * returns. A worker still inside a provider call (bounded by OTPD_PROVIDER_TIMEOUT) is
+ * joined by outbox_free(), so it can still record its outcome: the store, key and
+ * configuration must outlive outbox_free(). If the process exits before that, the job
+ * keeps its lease and is re-claimed after it expires.
+ *
+ * Locking: `mu` guards gen, stopping, running and each worker's batch indexes; `pmu`
+ * guards the provider slots. Neither is held across a store or provider call, except
+ * `pmu` while a provider is built (rare). Counters are atomics.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <sodium.h>
+
+#include "config.h"
+#include "core/errors.h"
+#include "core/message.h"
+#include "core/otp.h"
+#include "outbox/backoff.h"
+#include "outbox/outbox.h"
+#include "providers/provider.h"
+#include "store/store.h"
+
+#define OUTBOX_BATCH_MAX 8
+#define OUTBOX_SLOTS_MAX 16          /* 5 configured + names met in old jobs */
+#define OUTBOX_POLL_MS 1000          /* longest idle sleep */
+#define OUTBOX_MIN_WAIT_MS 20        /* shortest idle sleep: no spin on races */
+#define OUTBOX_STORE_WAIT_MIN_MS 200 /* after a failed claim, doubling ... */
+#define OUTBOX_STORE_WAIT_MAX_MS 2000 /* ... up to this */
+#define OUTBOX_MARK_TRIES 3          /* writes of an outcome before giving up */
+#define OUTBOX_STATS_EVERY_MS 60000  /* periodic counters line, when they changed */
+
+struct outbox_slot {
+	char name[STORE_PROVIDER_MAX];
+	struct provider *p;              /* NULL: could not be built, see err */
+	char err[PROVIDER_ERROR_MAX];
+};
+
+struct outbox_worker {
+	struct outbox *o;
+	int index;
+	pthread_t thread;
+	bool created, joined;
+	bool exited;                     /* guarded by o->mu */
+	/* The current batch. jobs[next..n) are claimed and not started; whoever advances
+	 * `next` past a job (the worker, or outbox_stop after the deadline) owns it. */
+	struct store_job jobs[OUTBOX_BATCH_MAX];
+	size_t n, next;                  /* guarded by o->mu */
+};
+
+struct outbox {
+	const struct config *cfg;
+	struct store *store;
+	const struct otp_key *key;
+	const char *channel_provider[OTP_CH_COUNT]; /* names, for outbox_provider_for */
+	size_t batch;
+
+	pthread_mutex_t pmu;
+	struct outbox_slot slots[OUTBOX_SLOTS_MAX];
+	size_t n_slots;
+
+	pthread_mutex_t mu;
+	pthread_cond_t idle_cv;          /* idle workers: notify (signal), stop (broadcast) */
+	pthread_cond_t stop_cv;          /* workers waiting out a store error: stop */
+	pthread_cond_t done_cv;          /* a worker exited: outbox_stop waits on it */
+	uint64_t gen;
+	bool started, stopping;
+	int running;
+	struct outbox_worker *workers;
+	int n_workers;
+
+	atomic_llong n_sent, n_retry, n_dead, n_released, n_store_errors;
+};
+
+/* ---- logging ------------------------------------------------------------------------ */
+
+/* One logfmt line on stderr. Values passed through log_q() are quoted and escaped so a
+ * provider's error text cannot forge a line. */
+static void outbox_log(const char *level, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
+static void outbox_log(const char *level, const char *fmt, ...)
+{
+	char line[1024];
+	va_list ap;
+	int n;
+
+	va_start(ap, fmt);
+	n = vsnprintf(line, sizeof line, fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		return;
+	fprintf(stderr, "level=%s module=outbox %s\n", level, line);
+}
+
+/* Quote `s` for logfmt into buf: "..." with \" \\ \n escaped and other control bytes
+ * dropped. Truncates to cap. */
+static const char *log_q(const char *s, char *buf, size_t cap)
+{
+	size_t j = 0;
+
+	if (cap < 3)
+		return "\"\"";
+	buf[j++] = '"';
+	for (; s && *s && j + 3 < cap; s++) {
+		unsigned char c = (unsigned char)*s;
+		if (c == '"' || c == '\\') {
+			buf[j++] = '\\';
+			buf[j++] = (char)c;
+		} else if (c == '\n') {
+			buf[j++] = '\\';
+			buf[j++] = 'n';
+		} else if (c >= 0x20 && c != 0x7f) {
+			buf[j++] = (char)c;
+		}
+	}
+	buf[j++] = '"';
+	buf[j] = '\0';
+	return buf;
+}
+
+/* "7701***4567": a target shown only by its ends, enough to tell jobs apart. */
+static void mask_target(const char *t, char *out, size_t cap)
+{
+	size_t len = t ? strlen(t) : 0;
+	size_t keep = len >= 11 ? 4 : len / 3;
+
+	if (!t || len == 0) {
+		snprintf(out, cap, "-");
+		return;
+	}
+	snprintf(out, cap, "%.*s***%.*s", (int)keep, t, (int)keep, t + len - keep);
+}
+
+/* ---- clocks and waiting ------------------------------------------------------------- */
+
+static int64_t wall_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int64_t wall_s(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec;
+}
+
+static int64_t mono_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* The absolute CLOCK_MONOTONIC time `at_ms`, for pthread_cond_timedwait. */
+static struct timespec mono_abs(int64_t at_ms)
+{
+	struct timespec ts;
+
+	ts.tv_sec = (time_t)(at_ms / 1000);
+	ts.tv_nsec = (long)(at_ms % 1000) * 1000000L;
+	return ts;
+}
+
+/* Sleep `ms` unless the outbox stops. Notifications do not end it: used after store
+ * errors, where waking early would only hammer a failing database. */
+static void wait_unless_stopping(struct outbox *o, int64_t ms)
+{
+	int64_t until = mono_ms() + ms;
+	struct timespec ts = mono_abs(until);
+
+	pthread_mutex_lock(&o->mu);
+	while (!o->stopping && mono_ms() < until)
+		if (pthread_cond_timedwait(&o->stop_cv, &o->mu, &ts) == ETIMEDOUT)
+			break;
+	pthread_mutex_unlock(&o->mu);
+}
+
+/* Nothing was due: sleep until notified (gen moved past gen_seen), until the earliest
+ * pending job is due, or OUTBOX_POLL_MS. */
+static void wait_idle(struct outbox *o, uint64_t gen_seen)
+{
+	int64_t ms = OUTBOX_POLL_MS, next_due = 0;
+	struct timespec ts;
+
+	if (store_outbox_next_due(o->store, &next_due) == 0 && next_due > 0) {
+		int64_t d = next_due * 1000 - wall_ms();
+		if (d < ms)
+			ms = d;
+	}
+	if (ms < OUTBOX_MIN_WAIT_MS)
+		ms = OUTBOX_MIN_WAIT_MS;
+	ts = mono_abs(mono_ms() + ms);
+
+	pthread_mutex_lock(&o->mu);
+	while (!o->stopping && o->gen == gen_seen)
+		if (pthread_cond_timedwait(&o->idle_cv, &o->mu, &ts) == ETIMEDOUT)
+			break;
+	pthread_mutex_unlock(&o->mu);
+}
+
+/* ---- providers ---------------------------------------------------------------------- */
+
+/* The provider called `name`, built on first use. NULL with the reason in err when it
+ * cannot be built; the failure is remembered (the configuration does not change). */
+static struct provider *provider_get(struct outbox *o, const char *name, char *err, size_t cap)
+{
+	struct provider *p = NULL;
+	struct outbox_slot *slot = NULL;
+
+	pthread_mutex_lock(&o->pmu);
+	for (size_t i = 0; i < o->n_slots; i++) {
+		if (strcmp(o->slots[i].name, name) == 0) {
+			slot = &o->slots[i];
+			break;
+		}
+	}
+	if (!slot) {
+		if (o->n_slots == OUTBOX_SLOTS_MAX || strlen(name) >= STORE_PROVIDER_MAX) {
+			snprintf(err, cap, "too many distinct providers, or name too long");
+			goto out;
+		}
+		slot = &o->slots[o->n_slots++];
+		snprintf(slot->name, sizeof slot->name, "%s", name);
+		slot->err[0] = '\0';
+		slot->p = provider_new(name, o->cfg, slot->err, sizeof slot->err);
+		if (!slot->p && slot->err[0] == '\0')
+			snprintf(slot->err, sizeof slot->err, "cannot be built");
+	}
+	p = slot->p;
+	if (!p)
+		snprintf(err, cap, "%s", slot->err);
+out:
+	pthread_mutex_unlock(&o->pmu);
+	return p;
+}
+
+/* ---- one delivery ------------------------------------------------------------------- */
+
+static void wipe_str(char *s)
+{
+	if (s)
+		sodium_memzero(s, strlen(s));
+}
+
+/* Wipe every string of a decoded message (the code, and texts that contain it), then
+ * free them. */
+static void message_wipe(struct otp_message *m)
+{
+	wipe_str(m->target);
+	wipe_str(m->code);
+	wipe_str(m->text);
+	wipe_str(m->subject);
+	wipe_str(m->html);
+	otp_message_fini(m);
+	memset(m, 0, sizeof *m);
+}
+
+enum outcome { OUT_SENT, OUT_RETRY, OUT_DEAD };
+
+static const char *outcome_state(enum outcome oc)
+{
+	switch (oc) {
+	case OUT_SENT: return STORE_JOB_SENT;
+	case OUT_RETRY: return STORE_JOB_PENDING;
+	case OUT_DEAD: return STORE_JOB_DEAD;
+	}
+	return "?";
+}
+
+/* Write the outcome, retrying briefly. Returns 0 or the last store error. */
+static int mark(struct outbox *o, const struct store_job *job, enum outcome oc,
+                int64_t next_at, const char *msg_id, const char *error)
+{
+	int rc = OTP_ERR_STORE;
+
+	for (int i = 0; i < OUTBOX_MARK_TRIES; i++) {
+		int64_t now = wall_s();
+		if (i > 0)
+			wait_unless_stopping(o, 100LL << i);
+		switch (oc) {
+		case OUT_SENT: rc = store_outbox_sent(o->store, job->id, now, msg_id); break;
+		case OUT_RETRY: rc = store_outbox_retry(o->store, job->id, now, next_at, error); break;
+		case OUT_DEAD: rc = store_outbox_dead(o->store, job->id, now, error); break;
+		}
+		if (rc != OTP_ERR_STORE)
+			break;
+	}
+	return rc;
+}
+
+/* Try one claimed job and record the outcome. The job stays owned by the caller. */
+static void deliver(struct outbox *o, const struct store_job *job)
+{
+	const struct config *cfg = o->cfg;
+	struct otp_message msg;
+	struct provider_result res;
+	struct provider *p = NULL;
+	uint8_t *plain = NULL;
+	size_t plain_len = 0;
+	char error[STORE_ERROR_MAX] = "";
+	char why[PROVIDER_ERROR_MAX] = "";
+	char masked[48] = "-", qerr[STORE_ERROR_MAX + 16], qmsgid[STORE_MSGID_MAX + 8];
+	enum outcome oc = OUT_DEAD;
+	int64_t now = wall_s(), next_at = 0, delay_ms = 0, t0 = 0, took_ms = 0;
+	int attempts = job->attempts + 1;   /* counting this one, as the store will */
+	int rc;
+
+	memset(&msg, 0, sizeof msg);
+	memset(&res, 0, sizeof res);
+
+	if (job->attempts >= cfg->outbox_max_tries) {
+		attempts = job->attempts;
+		snprintf(error, sizeof error, "gave up: %d attempts made (max %d)",
+		         job->attempts, cfg->outbox_max_tries);
+		goto record;
+	}
+	if (cfg->outbox_max_age > 0 && now - job->created_at > cfg->outbox_max_age) {
+		attempts = job->attempts;
+		snprintf(error, sizeof error, "gave up: older than %d s before it could be tried",
+		         cfg->outbox_max_age);
+		goto record;
+	}
+	if (job->payload_len < OTP_SEAL_OVERHEAD || !job->payload) {
+		snprintf(error, sizeof error, "payload missing or truncated");
+		goto record;
+	}
+	plain = malloc(job->payload_len - OTP_SEAL_OVERHEAD + 1);
+	if (!plain) {
+		/* not the job's fault: try again later */
+		oc = OUT_RETRY;
+		snprintf(error, sizeof error, "out of memory");
+		goto backoff;
+	}
+	if (otp_open(o->key, "outbox", job->payload, job->payload_len, plain, &plain_len) != 0) {
+		snprintf(error, sizeof error, "payload cannot be opened (secret key changed?)");
+		goto record;
+	}
+	if (otp_message_decode(plain, plain_len, &msg) != 0) {
+		snprintf(error, sizeof error, "payload cannot be decoded");
+		goto record;
+	}
+	mask_target(msg.target, masked, sizeof masked);
+	if (msg.channel != job->channel) {
+		snprintf(error, sizeof error, "payload is for channel %s, job for %s",
+		         otp_channel_name(msg.channel), otp_channel_name(job->channel));
+		goto record;
+	}
+	p = provider_get(o, job->provider, why, sizeof why);
+	if (!p) {
+		snprintf(error, sizeof error, "provider %s unavailable: %s", job->provider, why);
+		goto record;
+	}
+
+	t0 = mono_ms();
+	rc = provider_send(p, &msg, job->id, &res);
+	took_ms = mono_ms() - t0;
+	now = wall_s();
+	if (rc == 0) {
+		oc = OUT_SENT;
+		goto record;
+	}
+	if (res.error[0])
+		snprintf(error, sizeof error, "%s", res.error);
+	else
+		snprintf(error, sizeof error, "%s", otp_err_name(rc));
+	if (rc == OTP_ERR_PERMANENT)
+		goto record;                       /* dead */
+	oc = OUT_RETRY;
+
+backoff:
+	delay_ms = outbox_backoff_ms(cfg->outbox_backoff_base_ms, cfg->outbox_backoff_max,
+	                             attempts, &otp_rng_system);
+	/* the store counts whole seconds: round up so a retry never comes early */
+	next_at = now + (delay_ms + 999) / 1000;
+	if (attempts >= cfg->outbox_max_tries) {
+		oc = OUT_DEAD;
+		char tmp[STORE_ERROR_MAX];
+		snprintf(tmp, sizeof tmp, "gave up after %d attempts: %s", attempts, error);
+		snprintf(error, sizeof error, "%s", tmp);
+	} else if (cfg->outbox_max_age > 0 && next_at > job->created_at + cfg->outbox_max_age) {
+		oc = OUT_DEAD;
+		char tmp[STORE_ERROR_MAX];
+		snprintf(tmp, sizeof tmp, "gave up: next try would pass max age %d s: %s",
+		         cfg->outbox_max_age, error);
+		snprintf(error, sizeof error, "%s", tmp);
+	}
+
+record:
+	if (plain) {
+		sodium_memzero(plain, job->payload_len - OTP_SEAL_OVERHEAD + 1);
+		free(plain);
+	}
+	message_wipe(&msg);
+
+	rc = mark(o, job, oc, next_at, res.msg_id, error);
+	if (rc != 0) {
+		atomic_fetch_add(&o->n_store_errors, 1);
+		outbox_log("error", "event=outbox_mark_failed job=%lld channel=%s provider=%s "
+		           "state=%s err=%s note=\"job keeps its lease and will be tried again\"",
+		           (long long)job->id, otp_channel_name(job->channel), job->provider,
+		           outcome_state(oc), otp_err_name(rc));
+		return;
+	}
+	switch (oc) {
+	case OUT_SENT: atomic_fetch_add(&o->n_sent, 1); break;
+	case OUT_RETRY: atomic_fetch_add(&o->n_retry, 1); break;
+	case OUT_DEAD: atomic_fetch_add(&o->n_dead, 1); break;
+	}
+	outbox_log(oc == OUT_SENT ? "info" : "warn",
+	           "event=outbox_delivery job=%lld channel=%s provider=%s target=%s attempts=%d "
+	           "state=%s took_ms=%lld retry_in_ms=%lld provider_msg_id=%s error=%s",
+	           (long long)job->id, otp_channel_name(job->channel), job->provider, masked,
+	           attempts, outcome_state(oc), (long long)took_ms,
+	           (long long)(oc == OUT_RETRY ? (next_at - now) * 1000 : 0),
+	           log_q(res.msg_id, qmsgid, sizeof qmsgid), log_q(error, qerr, sizeof qerr));
+}
+
+/* ---- the batch and the loop --------------------------------------------------------- */
+
+/* Take the worker's not-started jobs (mu held): copy them to out and mark them owned by
+ * the caller. Returns how many. */
+static size_t take_rest(struct outbox_worker *w, struct store_job *out)
+{
+	size_t k = 0;
+
+	while (w->next < w->n)
+		out[k++] = w->jobs[w->next++];
+	return k;
+}
+
+/* Put jobs back untouched and free them. */
+static void release_jobs(struct outbox *o, struct store_job *jobs, size_t n, const char *why)
+{
+	for (size_t i = 0; i < n; i++) {
+		int rc = store_outbox_release(o->store, jobs[i].id);
+		if (rc == 0)
+			atomic_fetch_add(&o->n_released, 1);
+		outbox_log(rc == 0 ? "info" : "warn",
+		           "event=outbox_release job=%lld channel=%s provider=%s reason=%s%s%s",
+		           (long long)jobs[i].id, otp_channel_name(jobs[i].channel),
+		           jobs[i].provider, why, rc == 0 ? "" : " err=",
+		           rc == 0 ? "" : otp_err_name(rc));
+		store_job_fini(&jobs[i]);
+	}
+}
+
+static void run_batch(struct outbox *o, struct outbox_worker *w)
+{
+	struct store_job job, rest[OUTBOX_BATCH_MAX];
+	size_t k;
+	const char *why;
+
+	for (;;) {
+		pthread_mutex_lock(&o->mu);
+		if (w->next >= w->n) {
+			pthread_mutex_unlock(&o->mu);
+			return;
+		}
+		why = NULL;
+		if (o->stopping)
+			why = "shutdown";
+		else if (w->next > 0 && wall_s() + o->cfg->provider_timeout >= w->jobs[w->next].lease_until)
+			why = "lease_too_short";
+		if (why) {
+			k = take_rest(w, rest);
+			pthread_mutex_unlock(&o->mu);
+			release_jobs(o, rest, k, why);
+			return;
+		}
+		job = w->jobs[w->next++];
+		pthread_mutex_unlock(&o->mu);
+
+		deliver(o, &job);
+		store_job_fini(&job);
+	}
+}
+
+static void log_counters(struct outbox *o, const char *event)
+{
+	outbox_log("info", "event=%s sent=%lld retried=%lld dead=%lld released=%lld "
+	           "store_errors=%lld", event,
+	           (long long)atomic_load(&o->n_sent), (long long)atomic_load(&o->n_retry),
+	           (long long)atomic_load(&o->n_dead), (long long)atomic_load(&o->n_released),
+	           (long long)atomic_load(&o->n_store_errors));
+}
+
+static void *worker_main(void *arg)
+{
+	struct outbox_worker *w = arg;
+	struct outbox *o = w->o;
+	int64_t store_wait = 0, stats_at = mono_ms() + OUTBOX_STATS_EVERY_MS;
+	long long stats_seen = -1;
+
+	for (;;) {
+		uint64_t gen;
+		size_t n = 0;
+		int64_t now;
+		int rc;
+
+		pthread_mutex_lock(&o->mu);
+		gen = o->gen;
+		if (o->stopping) {
+			pthread_mutex_unlock(&o->mu);
+			break;
+		}
+		pthread_mutex_unlock(&o->mu);
+
+		now = wall_s();
+		rc = store_outbox_claim(o->store, now, now + o->cfg->outbox_lease, w->jobs,
+		                        o->batch, &n);
+		if (rc != 0) {
+			atomic_fetch_add(&o->n_store_errors, 1);
+			store_wait = store_wait ? store_wait * 2 : OUTBOX_STORE_WAIT_MIN_MS;
+			if (store_wait > OUTBOX_STORE_WAIT_MAX_MS)
+				store_wait = OUTBOX_STORE_WAIT_MAX_MS;
+			outbox_log("warn", "event=outbox_claim_failed worker=%d err=%s retry_in_ms=%lld",
+			           w->index, otp_err_name(rc), (long long)store_wait);
+			wait_unless_stopping(o, store_wait);
+			continue;
+		}
+		store_wait = 0;
+
+		if (n > 0) {
+			if (n > o->batch)
+				n = o->batch;           /* never trust a count past our array */
+			pthread_mutex_lock(&o->mu);
+			w->n = n;
+			w->next = 0;
+			if (n == o->batch)
+				pthread_cond_signal(&o->idle_cv); /* more may be due: get help */
+			pthread_mutex_unlock(&o->mu);
+			run_batch(o, w);
+			continue;
+		}
+
+		if (w->index == 0 && mono_ms() >= stats_at) {
+			long long total = atomic_load(&o->n_sent) + atomic_load(&o->n_retry) +
+			                  atomic_load(&o->n_dead) + atomic_load(&o->n_store_errors);
+			if (total != stats_seen)
+				log_counters(o, "outbox_counters");
+			stats_seen = total;
+			stats_at = mono_ms() + OUTBOX_STATS_EVERY_MS;
+		}
+		wait_idle(o, gen);
+	}
+
+	pthread_mutex_lock(&o->mu);
+	w->exited = true;
+	o->running--;
+	pthread_cond_broadcast(&o->done_cv);
+	pthread_mutex_unlock(&o->mu);
+	return NULL;
+}
+
+/* ---- the interface ------------------------------------------------------------------ */
+
+struct outbox *outbox_new(const struct config *cfg, struct store *store,
+                          const struct otp_key *key, char *err, size_t cap)
+{
+	struct outbox *o = NULL;
+	pthread_condattr_t ca;
+	bool ca_ok = false;
+	int lease, timeout;
+
+	if (!cfg || !store || !key) {
+		snprintf(err, cap, "outbox: missing configuration, store or key");
+		return NULL;
+	}
+	o = calloc(1, sizeof *o);
+	if (!o) {
+		snprintf(err, cap, "outbox: out of memory");
+		return NULL;
+	}
+	o->cfg = cfg;
+	o->store = store;
+	o->key = key;
+
+	/* a batch must fit in its lease with a send of provider_timeout per job */
+	lease = cfg->outbox_lease > 0 ? cfg->outbox_lease : 1;
+	timeout = cfg->provider_timeout > 0 ? cfg->provider_timeout : 1;
+	o->batch = (size_t)(lease / (timeout + 1));
+	if (o->batch < 1)
+		o->batch = 1;
+	if (o->batch > OUTBOX_BATCH_MAX)
+		o->batch = OUTBOX_BATCH_MAX;
+
+	if (pthread_mutex_init(&o->mu, NULL) != 0) {
+		free(o);
+		snprintf(err, cap, "outbox: cannot create mutex");
+		return NULL;
+	}
+	pthread_mutex_init(&o->pmu, NULL);
+	/* timed waits run on CLOCK_MONOTONIC: a wall-clock step must not stall a worker */
+	if (pthread_condattr_init(&ca) == 0) {
+		ca_ok = pthread_condattr_setclock(&ca, CLOCK_MONOTONIC) == 0;
+		pthread_cond_init(&o->idle_cv, &ca);
+		pthread_cond_init(&o->stop_cv, &ca);
+		pthread_cond_init(&o->done_cv, &ca);
+		pthread_condattr_destroy(&ca);
+	} else {
+		pthread_cond_init(&o->idle_cv, NULL);
+		pthread_cond_init(&o->stop_cv, NULL);
+		pthread_cond_init(&o->done_cv, NULL);
+	}
+	if (!ca_ok) {
+		outbox_free(o);
+		snprintf(err, cap, "outbox: cannot set up monotonic condition variables");
+		return NULL;
+	}
+
+	for (int ch = 0; ch < OTP_CH_COUNT; ch++) {
+		const char *name;
+		char why[PROVIDER_ERROR_MAX] = "";
+
+		if (cfg->dummy) {
+			o->channel_provider[ch] = "dummy";
+			continue;
+		}
+		name = config_channel_provider(cfg, ch);
+		if (!name || !name[0]) {
+			snprintf(err, cap, "no provider configured for channel %s",
+			         otp_channel_name((enum otp_channel)ch));
+			outbox_free(o);
+			return NULL;
+		}
+		if (!provider_get(o, name, why, sizeof why)) {
+			snprintf(err, cap, "provider %s for channel %s: %s", name,
+			         otp_channel_name((enum otp_channel)ch), why);
+			outbox_free(o);
+			return NULL;
+		}
+		/* point at the slot's copy: stable for the outbox's life */
+		for (size_t i = 0; i < o->n_slots; i++)
+			if (strcmp(o->slots[i].name, name) == 0)
+				o->channel_provider[ch] = o->slots[i].name;
+	}
+	return o;
+}
+
+int outbox_start(struct outbox *o)
+{
+	int n = o->cfg->outbox_workers > 0 ? o->cfg->outbox_workers : 1;
+
+	if (o->started)
+		return OTP_ERR_INTERNAL;
+	o->started = true;
+	if (o->cfg->dummy) {
+		outbox_log("info", "event=outbox_start workers=0 note=\"DUMMY: nothing is delivered\"");
+		return 0;
+	}
+	o->workers = calloc((size_t)n, sizeof *o->workers);
+	if (!o->workers)
+		return OTP_ERR_INTERNAL;
+	o->n_workers = n;
+	for (int i = 0; i < n; i++) {
+		struct outbox_worker *w = &o->workers[i];
+		w->o = o;
+		w->index = i;
+		pthread_mutex_lock(&o->mu);
+		o->running++;
+		pthread_mutex_unlock(&o->mu);
+		if (pthread_create(&w->thread, NULL, worker_main, w) != 0) {
+			pthread_mutex_lock(&o->mu);
+			o->running--;
+			w->exited = true;
+			pthread_mutex_unlock(&o->mu);
+			outbox_stop(o, 0);
+			return OTP_ERR_INTERNAL;
+		}
+		w->created = true;
+	}
+	outbox_log("info", "event=outbox_start workers=%d batch=%zu lease_s=%d", n, o->batch,
+	           o->cfg->outbox_lease);
+	return 0;
+}
+
+void outbox_notify(struct outbox *o)
+{
+	if (!o)
+		return;
+	pthread_mutex_lock(&o->mu);
+	o->gen++;
+	pthread_cond_signal(&o->idle_cv);
+	pthread_mutex_unlock(&o->mu);
+}
+
+void outbox_stop(struct outbox *o, int deadline_s)
+{
+	struct store_job rest[OUTBOX_BATCH_MAX];
+	struct timespec ts;
+	int64_t until;
+	int left;
+
+	if (!o || !o->started)
+		return;
+	until = mono_ms() + (deadline_s > 0 ? (int64_t)deadline_s * 1000 : 0);
+	ts = mono_abs(until);
+
+	pthread_mutex_lock(&o->mu);
+	o->stopping = true;
+	pthread_cond_broadcast(&o->idle_cv);
+	pthread_cond_broadcast(&o->stop_cv);
+	while (o->running > 0 && mono_ms() < until)
+		if (pthread_cond_timedwait(&o->done_cv, &o->mu, &ts) == ETIMEDOUT)
+			break;
+	/* past the deadline: a worker still sending keeps its job; the rest go back */
+	for (int i = 0; i < o->n_workers; i++) {
+		struct outbox_worker *w = &o->workers[i];
+		size_t k;
+		if (w->exited)
+			continue;
+		k = take_rest(w, rest);
+		if (k) {
+			pthread_mutex_unlock(&o->mu);
+			release_jobs(o, rest, k, "shutdown_deadline");
+			pthread_mutex_lock(&o->mu);
+		}
+	}
+	left = o->running;
+	pthread_mutex_unlock(&o->mu);
+
+	for (int i = 0; i < o->n_workers; i++) {
+		struct outbox_worker *w = &o->workers[i];
+		bool done;
+		pthread_mutex_lock(&o->mu);
+		done = w->exited;
+		pthread_mutex_unlock(&o->mu);
+		if (w->created && !w->joined && done) {
+			pthread_join(w->thread, NULL);
+			w->joined = true;
+		}
+	}
+	if (left > 0)
+		outbox_log("warn", "event=outbox_stop still_sending=%d "
+		           "note=\"deadline passed; their jobs keep their lease\"", left);
+	log_counters(o, "outbox_stop");
+}
+
+void outbox_free(struct outbox *o)
+{
+	if (!o)
+		return;
+	if (o->started) {
+		pthread_mutex_lock(&o->mu);
+		bool stopping = o->stopping;
+		pthread_mutex_unlock(&o->mu);
+		if (!stopping)
+			outbox_stop(o, 0);
+		/* a worker still inside a provider call returns within its timeout */
+		for (int i = 0; i < o->n_workers; i++) {
+			struct outbox_worker *w = &o->workers[i];
+			if (w->created && !w->joined) {
+				pthread_join(w->thread, NULL);
+				w->joined = true;
+			}
+		}
+	}
+	free(o->workers);
+	for (size_t i = 0; i < o->n_slots; i++)
+		provider_free(o->slots[i].p);
+	pthread_cond_destroy(&o->idle_cv);
+	pthread_cond_destroy(&o->stop_cv);
+	pthread_cond_destroy(&o->done_cv);
+	pthread_mutex_destroy(&o->pmu);
+	pthread_mutex_destroy(&o->mu);
+	free(o);
+}
+
+const char *outbox_provider_for(const struct outbox *o, int channel)
+{
+	if (!o || channel < 0 || channel >= OTP_CH_COUNT)
+		return NULL;
+	return o->channel_provider[channel];
+}
