@@ -54,7 +54,6 @@
  */
 #include <errno.h>
 #include <pthread.h>
-#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -68,6 +67,7 @@
 #include "core/errors.h"
 #include "core/message.h"
 #include "core/otp.h"
+#include "log.h"
 #include "outbox/backoff.h"
 #include "outbox/outbox.h"
 #include "providers/provider.h"
@@ -126,62 +126,12 @@ struct outbox {
 
 /* ---- logging ------------------------------------------------------------------------ */
 
-/* One logfmt line on stderr. Values passed through log_q() are quoted and escaped so a
- * provider's error text cannot forge a line. */
-static void outbox_log(const char *level, const char *fmt, ...)
-	__attribute__((format(printf, 2, 3)));
-
-static void outbox_log(const char *level, const char *fmt, ...)
+/* A decimal for log_write's string values. */
+#define NUM_MAX 24
+static const char *num(char buf[NUM_MAX], long long v)
 {
-	char line[1024];
-	va_list ap;
-	int n;
-
-	va_start(ap, fmt);
-	n = vsnprintf(line, sizeof line, fmt, ap);
-	va_end(ap);
-	if (n < 0)
-		return;
-	fprintf(stderr, "level=%s module=outbox %s\n", level, line);
-}
-
-/* Quote `s` for logfmt into buf: "..." with \" \\ \n escaped and other control bytes
- * dropped. Truncates to cap. */
-static const char *log_q(const char *s, char *buf, size_t cap)
-{
-	size_t j = 0;
-
-	if (cap < 3)
-		return "\"\"";
-	buf[j++] = '"';
-	for (; s && *s && j + 3 < cap; s++) {
-		unsigned char c = (unsigned char)*s;
-		if (c == '"' || c == '\\') {
-			buf[j++] = '\\';
-			buf[j++] = (char)c;
-		} else if (c == '\n') {
-			buf[j++] = '\\';
-			buf[j++] = 'n';
-		} else if (c >= 0x20 && c != 0x7f) {
-			buf[j++] = (char)c;
-		}
-	}
-	buf[j++] = '"';
-	buf[j] = '\0';
+	snprintf(buf, NUM_MAX, "%lld", v);
 	return buf;
-}
-
-/* "7701***4567": a target shown only by its ends, enough to tell jobs apart. */
-static void mask_target(const char *t, char *out, size_t cap)
-{
-	size_t len = t ? strlen(t) : 0;
-	size_t keep = len >= 11 ? 4 : len / 3;
-
-	if (!t || len == 0) {
-		snprintf(out, cap, "-");
-		return;
-	}
-	snprintf(out, cap, "%.*s***%.*s", (int)keep, t, (int)keep, t + len - keep);
 }
 
 /* ---- clocks and waiting ------------------------------------------------------------- */
@@ -358,7 +308,8 @@ static void deliver(struct outbox *o, const struct store_job *job)
 	size_t plain_len = 0;
 	char error[STORE_ERROR_MAX] = "";
 	char why[PROVIDER_ERROR_MAX] = "";
-	char masked[48] = "-", qerr[STORE_ERROR_MAX + 16], qmsgid[STORE_MSGID_MAX + 8];
+	char masked[OTP_TARGET_MAX] = "-";
+	char b_id[NUM_MAX], b_att[NUM_MAX], b_took[NUM_MAX], b_retry[NUM_MAX];
 	enum outcome oc = OUT_DEAD;
 	int64_t now = wall_s(), next_at = 0, delay_ms = 0, t0 = 0, took_ms = 0;
 	int attempts = job->attempts + 1;   /* counting this one, as the store will */
@@ -398,7 +349,7 @@ static void deliver(struct outbox *o, const struct store_job *job)
 		snprintf(error, sizeof error, "payload cannot be decoded");
 		goto record;
 	}
-	mask_target(msg.target, masked, sizeof masked);
+	log_mask_target(msg.target, masked, sizeof masked);
 	if (msg.channel != job->channel) {
 		snprintf(error, sizeof error, "payload is for channel %s, job for %s",
 		         otp_channel_name(msg.channel), otp_channel_name(job->channel));
@@ -454,10 +405,10 @@ record:
 	rc = mark(o, job, oc, next_at, res.msg_id, error);
 	if (rc != 0) {
 		atomic_fetch_add(&o->n_store_errors, 1);
-		outbox_log("error", "event=outbox_mark_failed job=%lld channel=%s provider=%s "
-		           "state=%s err=%s note=\"job keeps its lease and will be tried again\"",
-		           (long long)job->id, otp_channel_name(job->channel), job->provider,
-		           outcome_state(oc), otp_err_name(rc));
+		log_write(LOG_ERROR, "outbox outcome not recorded, job keeps its lease",
+		          "job", num(b_id, job->id), "channel", otp_channel_name(job->channel),
+		          "provider", job->provider, "state", outcome_state(oc),
+		          "err", otp_err_name(rc), (char *)NULL);
 		return;
 	}
 	switch (oc) {
@@ -465,13 +416,13 @@ record:
 	case OUT_RETRY: atomic_fetch_add(&o->n_retry, 1); break;
 	case OUT_DEAD: atomic_fetch_add(&o->n_dead, 1); break;
 	}
-	outbox_log(oc == OUT_SENT ? "info" : "warn",
-	           "event=outbox_delivery job=%lld channel=%s provider=%s target=%s attempts=%d "
-	           "state=%s took_ms=%lld retry_in_ms=%lld provider_msg_id=%s error=%s",
-	           (long long)job->id, otp_channel_name(job->channel), job->provider, masked,
-	           attempts, outcome_state(oc), (long long)took_ms,
-	           (long long)(oc == OUT_RETRY ? (next_at - now) * 1000 : 0),
-	           log_q(res.msg_id, qmsgid, sizeof qmsgid), log_q(error, qerr, sizeof qerr));
+	log_write(oc == OUT_SENT ? LOG_INFO : LOG_WARN, "outbox delivery",
+	          "job", num(b_id, job->id), "channel", otp_channel_name(job->channel),
+	          "provider", job->provider, "target", masked,
+	          "attempts", num(b_att, attempts), "state", outcome_state(oc),
+	          "took_ms", num(b_took, took_ms),
+	          "retry_in_s", num(b_retry, oc == OUT_RETRY ? next_at - now : 0),
+	          "provider_msg_id", res.msg_id, "error", error, (char *)NULL);
 }
 
 /* ---- the batch and the loop --------------------------------------------------------- */
@@ -491,14 +442,14 @@ static size_t take_rest(struct outbox_worker *w, struct store_job *out)
 static void release_jobs(struct outbox *o, struct store_job *jobs, size_t n, const char *why)
 {
 	for (size_t i = 0; i < n; i++) {
+		char b_id[NUM_MAX];
 		int rc = store_outbox_release(o->store, jobs[i].id);
 		if (rc == 0)
 			atomic_fetch_add(&o->n_released, 1);
-		outbox_log(rc == 0 ? "info" : "warn",
-		           "event=outbox_release job=%lld channel=%s provider=%s reason=%s%s%s",
-		           (long long)jobs[i].id, otp_channel_name(jobs[i].channel),
-		           jobs[i].provider, why, rc == 0 ? "" : " err=",
-		           rc == 0 ? "" : otp_err_name(rc));
+		log_write(rc == 0 ? LOG_INFO : LOG_WARN, "outbox job released",
+		          "job", num(b_id, jobs[i].id), "channel", otp_channel_name(jobs[i].channel),
+		          "provider", jobs[i].provider, "reason", why,
+		          "err", rc == 0 ? "" : otp_err_name(rc), (char *)NULL);
 		store_job_fini(&jobs[i]);
 	}
 }
@@ -534,13 +485,15 @@ static void run_batch(struct outbox *o, struct outbox_worker *w)
 	}
 }
 
-static void log_counters(struct outbox *o, const char *event)
+static void log_counters(struct outbox *o, const char *msg)
 {
-	outbox_log("info", "event=%s sent=%lld retried=%lld dead=%lld released=%lld "
-	           "store_errors=%lld", event,
-	           (long long)atomic_load(&o->n_sent), (long long)atomic_load(&o->n_retry),
-	           (long long)atomic_load(&o->n_dead), (long long)atomic_load(&o->n_released),
-	           (long long)atomic_load(&o->n_store_errors));
+	char a[NUM_MAX], b[NUM_MAX], c[NUM_MAX], d[NUM_MAX], e[NUM_MAX];
+
+	log_write(LOG_INFO, msg, "sent", num(a, atomic_load(&o->n_sent)),
+	          "retried", num(b, atomic_load(&o->n_retry)),
+	          "dead", num(c, atomic_load(&o->n_dead)),
+	          "released", num(d, atomic_load(&o->n_released)),
+	          "store_errors", num(e, atomic_load(&o->n_store_errors)), (char *)NULL);
 }
 
 static void *worker_main(void *arg)
@@ -572,8 +525,10 @@ static void *worker_main(void *arg)
 			store_wait = store_wait ? store_wait * 2 : OUTBOX_STORE_WAIT_MIN_MS;
 			if (store_wait > OUTBOX_STORE_WAIT_MAX_MS)
 				store_wait = OUTBOX_STORE_WAIT_MAX_MS;
-			outbox_log("warn", "event=outbox_claim_failed worker=%d err=%s retry_in_ms=%lld",
-			           w->index, otp_err_name(rc), (long long)store_wait);
+			char b_w[NUM_MAX], b_ms[NUM_MAX];
+			log_write(LOG_WARN, "outbox claim failed", "worker", num(b_w, w->index),
+			          "err", otp_err_name(rc), "retry_in_ms", num(b_ms, store_wait),
+			          (char *)NULL);
 			wait_unless_stopping(o, store_wait);
 			continue;
 		}
@@ -596,7 +551,7 @@ static void *worker_main(void *arg)
 			long long total = atomic_load(&o->n_sent) + atomic_load(&o->n_retry) +
 			                  atomic_load(&o->n_dead) + atomic_load(&o->n_store_errors);
 			if (total != stats_seen)
-				log_counters(o, "outbox_counters");
+				log_counters(o, "outbox counters");
 			stats_seen = total;
 			stats_at = mono_ms() + OUTBOX_STATS_EVERY_MS;
 		}
@@ -704,7 +659,7 @@ int outbox_start(struct outbox *o)
 		return OTP_ERR_INTERNAL;
 	o->started = true;
 	if (o->cfg->dummy) {
-		outbox_log("info", "event=outbox_start workers=0 note=\"DUMMY: nothing is delivered\"");
+		log_write(LOG_INFO, "outbox idle: DUMMY, nothing is delivered", (char *)NULL);
 		return 0;
 	}
 	o->workers = calloc((size_t)n, sizeof *o->workers);
@@ -728,8 +683,10 @@ int outbox_start(struct outbox *o)
 		}
 		w->created = true;
 	}
-	outbox_log("info", "event=outbox_start workers=%d batch=%zu lease_s=%d", n, o->batch,
-	           o->cfg->outbox_lease);
+	char b_n[NUM_MAX], b_b[NUM_MAX], b_l[NUM_MAX];
+	log_write(LOG_INFO, "outbox started", "workers", num(b_n, n),
+	          "batch", num(b_b, (long long)o->batch), "lease_s", num(b_l, o->cfg->outbox_lease),
+	          (char *)NULL);
 	return 0;
 }
 
@@ -789,10 +746,12 @@ void outbox_stop(struct outbox *o, int deadline_s)
 			w->joined = true;
 		}
 	}
-	if (left > 0)
-		outbox_log("warn", "event=outbox_stop still_sending=%d "
-		           "note=\"deadline passed; their jobs keep their lease\"", left);
-	log_counters(o, "outbox_stop");
+	if (left > 0) {
+		char b_left[NUM_MAX];
+		log_write(LOG_WARN, "outbox stop deadline passed, sends in flight keep their lease",
+		          "still_sending", num(b_left, left), (char *)NULL);
+	}
+	log_counters(o, "outbox stopped");
 }
 
 void outbox_free(struct outbox *o)
