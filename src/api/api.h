@@ -1,0 +1,70 @@
+/*
+ * api.h - the dialects' entry point. http/ turns a libmicrohttpd request into a plain
+ * `struct api_request`, calls api_handle(), and writes the `struct api_response` back.
+ * Nothing here knows about libmicrohttpd; everything here knows the dialects' shapes.
+ * Thread-safety: `struct api_ctx` is immutable after init and shared by every HTTP
+ * thread; api_handle() is reentrant.
+ */
+#ifndef OTPD_API_API_H
+#define OTPD_API_API_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "core/otp.h"
+#include "store/store.h"
+
+struct api_kv {
+	const char *key;
+	const char *value; /* never NULL ("" for `?flag`) */
+};
+
+#define API_QUERY_MAX 64
+
+struct api_request {
+	const char *method;
+	const char *path;
+	const char *request_id;
+	const struct api_kv *query;   /* URL-decoded query arguments, in order */
+	size_t n_query;
+	const char *body;             /* may be NULL; not NUL-terminated */
+	size_t body_len;
+	const char *telegram_secret;  /* X-Telegram-Bot-Api-Secret-Token, or NULL */
+};
+
+struct api_response {
+	int status;                   /* HTTP status */
+	json_t *body;                 /* owned: freed by api_response_fini */
+	const char *allow;            /* Allow header for 405, static string or NULL */
+};
+
+void api_response_fini(struct api_response *r);
+
+/* Everything a handler needs, wired by main. */
+struct api_ctx {
+	const struct config *cfg;
+	struct store *store;
+	const struct otp_key *key;
+	const struct otp_rng *rng;
+	int64_t (*now)(void);                  /* unix seconds */
+	void (*notify)(void *arg);             /* a delivery job was committed */
+	void *notify_arg;
+};
+
+/* Route and answer one request. Always fills resp (never fails). */
+void api_handle(const struct api_ctx *ctx, const struct api_request *req,
+                struct api_response *resp);
+
+enum api_auth { API_AUTH_NONE, API_AUTH_BASIC, API_AUTH_WEBHOOK };
+/* Which authentication a path needs: none for /health and /ready, the webhook's own
+ * secret for /telegram/webhook when it is configured, else Basic (when configured). */
+enum api_auth api_auth_for(const struct api_ctx *ctx, const char *path);
+
+/* The JSON error answer {"status":false,"status_code":...,"message":...} for e,
+ * with the HTTP status that fits e->code. */
+void api_error_response(const struct otp_error *e, struct api_response *resp);
+
+#endif

@@ -1,0 +1,369 @@
+/*
+ * compat.c - the old service's API (COMPAT.md): send, check, limits, /target,
+ * /password and the Telegram webhook. Parses and validates each request in the documented
+ * field order, calls flow.c, and renders the old JSON shapes.
+ */
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api/flow.h"
+#include "api/handlers.h"
+#include "api/params.h"
+#include "api/reply.h"
+#include "core/message.h"
+#include "core/num.h"
+#include "log.h"
+
+#define MESSAGE_MAX 4096
+#define SUBJECT_MAX 998
+#define BODY_PART_MAX 65536
+
+static int read_target(json_t *p, enum otp_channel ch, char **out, struct otp_error *err)
+{
+	switch (ch) {
+	case OTP_CH_EMAIL: return params_email(p, "email", true, out, err);
+	case OTP_CH_TELEGRAM: return params_chat_id(p, "chat_id", true, out, err);
+	case OTP_CH_SMS:
+	case OTP_CH_CALL:
+	case OTP_CH_WHATSAPP:
+	case OTP_CH_COUNT: break;
+	}
+	return params_phone(p, "phone", true, out, err);
+}
+
+static int read_password(json_t *p, char **out, struct otp_error *err)
+{
+	return params_string(p, "password", true, true, OTP_CODE_MAX, false, out, err);
+}
+
+static void free_wiped(char *s)
+{
+	if (s != NULL) {
+		sodium_memzero(s, strlen(s));
+		free(s);
+	}
+}
+
+int compat_send(const struct api_ctx *ctx, const struct api_request *req, json_t *p, int arg,
+                struct api_response *resp, struct otp_error *err)
+{
+	enum otp_channel ch = (enum otp_channel)arg;
+	char *target = NULL, *password = NULL, *message = NULL, *subject = NULL, *text = NULL,
+	     *html = NULL, *ip = NULL;
+	int lifetime = 0, rc;
+
+	/* Field order of COMPAT.md: the first missing or bad field is the one reported. */
+	if ((rc = read_target(p, ch, &target, err)) != 0 || (rc = read_password(p, &password, err)) != 0)
+		goto out;
+	if (ch == OTP_CH_SMS || ch == OTP_CH_TELEGRAM) {
+		if ((rc = params_string(p, "message", true, true, MESSAGE_MAX, true, &message, err)) != 0)
+			goto out;
+	} else if (ch == OTP_CH_EMAIL) {
+		if ((rc = params_string(p, "subject", true, true, SUBJECT_MAX, false, &subject, err)) != 0)
+			goto out;
+	}
+	if ((rc = params_lifetime(p, "lifetime", ctx->cfg->max_lifetime, &lifetime, err)) != 0)
+		goto out;
+	if (ch == OTP_CH_EMAIL &&
+	    ((rc = params_string(p, "text", false, true, BODY_PART_MAX, true, &text, err)) != 0 ||
+	     (rc = params_string(p, "html", false, true, BODY_PART_MAX, true, &html, err)) != 0))
+		goto out;
+	if ((rc = params_ip(p, "ip", &ip, err)) != 0)
+		goto out;
+	if (ip == NULL) {
+		bool required = false;
+		if ((rc = flow_ip_required(ctx, ch, &required, err)) != 0)
+			goto out;
+		if (required) {
+			rc = params_missing("ip", err);
+			goto out;
+		}
+	}
+
+	struct flow_send s = {
+		.channel = ch,
+		.target = target,
+		.code = password,
+		.lifetime = lifetime,
+		.ip = ip,
+		.text = ch == OTP_CH_EMAIL ? text : message,
+		.subject = subject,
+		.html = html,
+		.request_id = req->request_id,
+	};
+	rc = flow_send(ctx, &s, NULL, err);
+	if (rc == 0)
+		reply_status(resp, true);
+out:
+	free(target);
+	free_wiped(password);
+	free_wiped(message);
+	free_wiped(subject);
+	free_wiped(text);
+	free_wiped(html);
+	free(ip);
+	return rc;
+}
+
+int compat_check(const struct api_ctx *ctx, const struct api_request *req, json_t *p, int arg,
+                 struct api_response *resp, struct otp_error *err)
+{
+	(void)req;
+	enum otp_channel ch = (enum otp_channel)arg;
+	char *target = NULL, *password = NULL;
+	int rc;
+	if ((rc = read_target(p, ch, &target, err)) != 0 || (rc = read_password(p, &password, err)) != 0)
+		goto out;
+	/* /sms/check also accepts codes sent by /call, as the old service did. */
+	unsigned mask = OTP_CH_BIT(ch);
+	if (ch == OTP_CH_SMS)
+		mask |= OTP_CH_BIT(OTP_CH_CALL);
+	bool ok = false;
+	rc = flow_check(ctx, ch, mask, target, password, &ok, err);
+	if (rc == 0)
+		reply_status(resp, ok);
+out:
+	free(target);
+	free_wiped(password);
+	return rc;
+}
+
+/* The compat body key of the per-target rules of a channel. */
+static const char *target_rules_key(enum otp_channel ch)
+{
+	switch (ch) {
+	case OTP_CH_EMAIL: return "emails";
+	case OTP_CH_TELEGRAM: return "chat_ids";
+	case OTP_CH_SMS:
+	case OTP_CH_CALL:
+	case OTP_CH_WHATSAPP:
+	case OTP_CH_COUNT: break;
+	}
+	return "phones";
+}
+
+/* Read one rule list; appends to rules[*n]. */
+static int read_rules(json_t *p, const char *key, enum otp_limit_kind kind, bool *present,
+                      struct otp_limit_rule *rules, size_t *n, struct otp_error *err)
+{
+	json_t *list = json_object_get(p, key);
+	*present = false;
+	if (list == NULL)
+		return 0;
+	if (!json_is_array(list))
+		return otp_error_set(err, OTP_ERR_INVALID, "invalid_parameter", key,
+		                     "\"%s\" must be an array of {\"minutes\": M, \"rate\": R}", key);
+	if (json_array_size(list) > OTP_LIMIT_RULES_MAX)
+		return otp_error_set(err, OTP_ERR_INVALID, "invalid_parameter", key,
+		                     "\"%s\" may hold at most %d rules", key, OTP_LIMIT_RULES_MAX);
+	size_t i;
+	json_t *item;
+	json_array_foreach(list, i, item) {
+		char field[48];
+		snprintf(field, sizeof field, "%s[%zu]", key, i);
+		if (!json_is_object(item))
+			return otp_error_set(err, OTP_ERR_INVALID, "invalid_parameter", field,
+			                     "\"%s\" must be an object {\"minutes\": M, \"rate\": R}", field);
+		int64_t minutes = 0, rate = 0;
+		bool has_m = false, has_r = false;
+		struct otp_error sub = {0};
+		if (params_int(item, "minutes", 1, OTP_LIMIT_MINUTES_MAX, &has_m, &minutes, &sub) != 0 ||
+		    params_int(item, "rate", 0, OTP_LIMIT_RATE_MAX, &has_r, &rate, &sub) != 0)
+			return otp_error_set(err, OTP_ERR_INVALID, "invalid_parameter", field,
+			                     "\"%s\": %s", field, sub.message);
+		if (!has_m || !has_r)
+			return otp_error_set(err, OTP_ERR_INVALID, "invalid_parameter", field,
+			                     "\"%s\" must have both \"minutes\" and \"rate\"", field);
+		rules[*n].kind = kind;
+		rules[*n].minutes = (int)minutes;
+		rules[*n].rate = (int)rate;
+		(*n)++;
+	}
+	*present = true;
+	return 0;
+}
+
+int compat_limit_set(const struct api_ctx *ctx, const struct api_request *req, json_t *p,
+                     int arg, struct api_response *resp, struct otp_error *err)
+{
+	(void)req;
+	enum otp_channel ch = (enum otp_channel)arg;
+	struct otp_limit_rule rules[2 * OTP_LIMIT_RULES_MAX];
+	size_t n = 0;
+	bool replace[2] = {false, false};
+	int rc;
+	/* Refuse keys this endpoint does not know, so a typo is not silently ignored. */
+	const char *key;
+	json_t *val;
+	json_object_foreach(p, key, val) {
+		if (strcmp(key, "ips") != 0 && strcmp(key, target_rules_key(ch)) != 0)
+			return otp_error_set(err, OTP_ERR_INVALID, "invalid_parameter", key,
+			                     "unknown parameter \"%s\": /limit/%s takes \"ips\" and \"%s\"",
+			                     key, otp_channel_name(ch), target_rules_key(ch));
+	}
+	if ((rc = read_rules(p, "ips", OTP_LIMIT_IP, &replace[OTP_LIMIT_IP], rules, &n, err)) != 0 ||
+	    (rc = read_rules(p, target_rules_key(ch), OTP_LIMIT_TARGET, &replace[OTP_LIMIT_TARGET],
+	                     rules, &n, err)) != 0)
+		return rc;
+	if (store_set_limits(ctx->store, ch, replace, rules, n) != 0)
+		return otp_error_set(err, OTP_ERR_STORE, "unavailable", "",
+		                     "the database is unavailable, try again");
+	reply_status(resp, true);
+	return 0;
+}
+
+int compat_limit_get(const struct api_ctx *ctx, const struct api_request *req, json_t *p,
+                     int arg, struct api_response *resp, struct otp_error *err)
+{
+	(void)req;
+	(void)p;
+	enum otp_channel ch = (enum otp_channel)arg;
+	struct store_limits lim;
+	if (store_get_limits(ctx->store, ch, &lim) != 0)
+		return otp_error_set(err, OTP_ERR_STORE, "unavailable", "",
+		                     "the database is unavailable, try again");
+	json_t *ips = json_array(), *targets = json_array();
+	for (size_t i = 0; i < lim.n; i++) {
+		json_t *r = json_pack("{s:i, s:i}", "minutes", lim.rules[i].minutes, "rate",
+		                      lim.rules[i].rate);
+		json_array_append_new(lim.rules[i].kind == OTP_LIMIT_IP ? ips : targets, r);
+	}
+	json_t *content = json_object();
+	json_object_set_new(content, "ips", ips);
+	json_object_set_new(content, target_rules_key(ch), targets);
+	reply_content(resp, content);
+	return 0;
+}
+
+int compat_target(const struct api_ctx *ctx, const struct api_request *req, json_t *p, int arg,
+                  struct api_response *resp, struct otp_error *err)
+{
+	(void)req;
+	(void)arg;
+	char *password = NULL, *chname = NULL;
+	int rc;
+	enum otp_channel ch;
+	if ((rc = read_password(p, &password, err)) != 0 ||
+	    (rc = params_string(p, "channel", true, false, 16, false, &chname, err)) != 0)
+		goto out;
+	if (otp_channel_parse(chname, &ch) != 0) {
+		rc = otp_error_set(err, OTP_ERR_INVALID, "invalid_parameter", "channel",
+		                   "\"channel\" must be sms, email, call, telegram or whatsapp");
+		goto out;
+	}
+	uint8_t lookup[OTP_HASH_LEN];
+	char target[OTP_TARGET_MAX + 1];
+	otp_lookup_hash(ctx->key, ch, password, lookup);
+	rc = store_find_target(ctx->store, ch, lookup, ctx->now(), target, sizeof target);
+	if (rc == OTP_ERR_NOT_FOUND) {
+		rc = otp_error_set(err, OTP_ERR_NOT_FOUND, "not_found", "",
+		                   "no live code of that channel has that password");
+		goto out;
+	}
+	if (rc != 0) {
+		rc = otp_error_set(err, OTP_ERR_STORE, "unavailable", "",
+		                   "the database is unavailable, try again");
+		goto out;
+	}
+	reply_content(resp, json_pack("{s:s}", "target", target));
+out:
+	free_wiped(password);
+	free(chname);
+	return rc;
+}
+
+int compat_password(const struct api_ctx *ctx, const struct api_request *req, json_t *p,
+                    int arg, struct api_response *resp, struct otp_error *err)
+{
+	(void)req;
+	(void)arg;
+	if (!ctx->cfg->password_readback)
+		return otp_error_set(err, OTP_ERR_DISABLED, "disabled", "",
+		                     "GET /password reads a secret back and is disabled; set "
+		                     "OTPD_PASSWORD_READBACK=true to enable it");
+	char *target = NULL;
+	uint8_t *sealed = NULL;
+	size_t sealed_len = 0;
+	int rc = params_string(p, "target", true, true, OTP_TARGET_MAX, false, &target, err);
+	if (rc != 0)
+		return rc;
+	/* Targets are stored normalised: phones without their '+'. */
+	const char *t = target;
+	if (t[0] == '+' && t[1] >= '0' && t[1] <= '9')
+		t++;
+	rc = store_find_sealed_code(ctx->store, t, ctx->now(), &sealed, &sealed_len);
+	free(target);
+	if (rc == OTP_ERR_NOT_FOUND)
+		return otp_error_set(err, OTP_ERR_NOT_FOUND, "not_found", "",
+		                     "no live code was sent to that target");
+	if (rc != 0)
+		return otp_error_set(err, OTP_ERR_STORE, "unavailable", "",
+		                     "the database is unavailable, try again");
+	char code[OTP_CODE_MAX + OTP_SEAL_OVERHEAD + 1];
+	size_t code_len = 0;
+	if (sealed_len > OTP_CODE_MAX + OTP_SEAL_OVERHEAD ||
+	    otp_open(ctx->key, "password", sealed, sealed_len, (uint8_t *)code, &code_len) != 0) {
+		free(sealed);
+		return otp_error_set(err, OTP_ERR_INTERNAL, "", "",
+		                     "the stored copy could not be opened (was the key changed?)");
+	}
+	free(sealed);
+	code[code_len] = '\0';
+	reply_content(resp, json_pack("{s:s}", "password", code));
+	sodium_memzero(code, sizeof code);
+	return 0;
+}
+
+int compat_telegram_webhook(const struct api_ctx *ctx, const struct api_request *req, json_t *p,
+                            int arg, struct api_response *resp, struct otp_error *err)
+{
+	(void)arg;
+	const struct config *cfg = ctx->cfg;
+	json_t *msg = json_object_get(p, "message");
+	if (msg == NULL)
+		msg = json_object_get(p, "edited_message");
+	json_t *chat = json_is_object(msg) ? json_object_get(msg, "chat") : NULL;
+	json_t *id = json_is_object(chat) ? json_object_get(chat, "id") : NULL;
+	if (msg == NULL) {
+		/* Another kind of update (callback, member change...): nothing to do; 200 so
+		 * Telegram does not retry it. */
+		reply_status(resp, true);
+		return 0;
+	}
+	if (!json_is_integer(id) || json_integer_value(id) == 0)
+		return otp_error_set(err, OTP_ERR_INVALID, "invalid_parameter", "message.chat.id",
+		                     "\"message.chat.id\" must be an integer chat id");
+	char target[32], code[OTP_CODE_MAX + 1];
+	snprintf(target, sizeof target, "%" JSON_INTEGER_FORMAT, json_integer_value(id));
+	if (otp_generate_code(ctx->rng, OTP_ALPHA_DIGITS, (size_t)cfg->webhook_code_length, code) != 0)
+		return otp_error_set(err, OTP_ERR_INTERNAL, "", "", "could not generate a code");
+	char *text = otp_template_render(cfg->template_telegram, code, cfg->webhook_lifetime);
+	if (text == NULL)
+		return otp_error_set(err, OTP_ERR_NOMEM, "", "", "out of memory");
+	struct flow_send s = {
+		.channel = OTP_CH_TELEGRAM,
+		.target = target,
+		.code = code,
+		.lifetime = cfg->webhook_lifetime,
+		.text = text,
+		.request_id = req->request_id,
+	};
+	int rc = flow_send(ctx, &s, NULL, err);
+	free_wiped(text);
+	sodium_memzero(code, sizeof code);
+	if (rc == OTP_ERR_LIMIT) {
+		/* Answer 200 so Telegram does not retry a refused update; say why. */
+		json_t *o = json_object();
+		json_object_set_new(o, "status", json_false());
+		json_object_set_new(o, "status_code", json_string(err->status_code));
+		json_object_set_new(o, "message", json_string(err->message));
+		resp->status = 200;
+		resp->body = o;
+		return 0;
+	}
+	if (rc == 0)
+		reply_status(resp, true);
+	return rc;
+}

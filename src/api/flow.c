@@ -1,0 +1,158 @@
+/*
+ * flow.c - send and check, shared by every dialect. The code is hashed here and never
+ * leaves this function in clear except inside the sealed delivery payload (and the
+ * sealed read-back copy when GET /password is enabled).
+ */
+#include "api/flow.h"
+
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/message.h"
+#include "log.h"
+
+static int store_failed(struct otp_error *err)
+{
+	return otp_error_set(err, OTP_ERR_STORE, "unavailable", "",
+	                     "the database is unavailable, try again");
+}
+
+/* Seal `len` bytes for `ad` into a malloc'd blob. */
+static uint8_t *seal_new(const struct api_ctx *ctx, const char *ad, const uint8_t *in,
+                         size_t len, size_t *out_len)
+{
+	uint8_t *out = malloc(len + OTP_SEAL_OVERHEAD);
+	if (out == NULL)
+		return NULL;
+	otp_seal(ctx->key, ctx->rng, ad, in, len, out);
+	*out_len = len + OTP_SEAL_OVERHEAD;
+	return out;
+}
+
+int flow_send(const struct api_ctx *ctx, const struct flow_send *in, int64_t *job_id,
+              struct otp_error *err)
+{
+	const struct config *cfg = ctx->cfg;
+	struct store_send req = {0};
+	struct store_send_result res = {0};
+	uint8_t *payload = NULL, *plain = NULL, *sealed_code = NULL;
+	size_t plain_len = 0;
+	int rc;
+
+	req.channel = in->channel;
+	req.target = in->target;
+	req.ip = in->ip;
+	req.now = ctx->now();
+	req.expire_at = req.now + in->lifetime;
+	req.request_id = in->request_id;
+	otp_code_hash(ctx->key, in->channel, in->target, in->code, req.code_hash);
+	otp_lookup_hash(ctx->key, in->channel, in->code, req.lookup_hash);
+	if (cfg->password_readback) {
+		sealed_code = seal_new(ctx, "password", (const uint8_t *)in->code, strlen(in->code),
+		                       &req.sealed_code_len);
+		if (sealed_code == NULL) {
+			rc = otp_error_set(err, OTP_ERR_NOMEM, "", "", "out of memory");
+			goto out;
+		}
+		req.sealed_code = sealed_code;
+	}
+	if (cfg->dummy) {
+		req.skip = true;
+		req.provider = "dummy";
+	} else {
+		struct otp_message m = {
+			.channel = in->channel,
+			.target = (char *)in->target,
+			.code = (char *)in->code,
+			.text = (char *)in->text,
+			.subject = (char *)in->subject,
+			.html = (char *)in->html,
+			.lifetime = in->lifetime,
+		};
+		rc = otp_message_encode(&m, &plain, &plain_len);
+		if (rc != 0) {
+			rc = otp_error_set(err, rc, "", "", "could not encode the message");
+			goto out;
+		}
+		payload = seal_new(ctx, "outbox", plain, plain_len, &req.payload_len);
+		if (payload == NULL) {
+			rc = otp_error_set(err, OTP_ERR_NOMEM, "", "", "out of memory");
+			goto out;
+		}
+		req.payload = payload;
+		req.provider = config_channel_provider(cfg, in->channel);
+	}
+
+	rc = store_send(ctx->store, &req, &res);
+	if (rc == OTP_ERR_LIMIT) {
+		otp_error_set(err, OTP_ERR_LIMIT,
+		              otp_limit_status_code(in->channel, res.refused_by.kind), "",
+		              "%s", otp_limit_message(in->channel, res.refused_by.kind));
+		goto out;
+	}
+	if (rc != 0) {
+		store_failed(err);
+		rc = OTP_ERR_STORE;
+		goto out;
+	}
+	if (job_id != NULL)
+		*job_id = res.job_id;
+	if (!cfg->dummy && ctx->notify != NULL)
+		ctx->notify(ctx->notify_arg);
+	if (log_enabled(LOG_INFO)) {
+		char masked[64], job[24], life[16];
+		log_mask_target(in->target, masked, sizeof masked);
+		snprintf(job, sizeof job, "%lld", (long long)res.job_id);
+		snprintf(life, sizeof life, "%d", in->lifetime);
+		log_write(LOG_INFO, "code stored", "req", in->request_id, "channel",
+		          otp_channel_name(in->channel), "target", masked, "lifetime", life, "job", job,
+		          "delivery", cfg->dummy ? "skipped (DUMMY=true)" : req.provider, NULL);
+	}
+out:
+	if (plain != NULL) {
+		sodium_memzero(plain, plain_len);
+		free(plain);
+	}
+	free(payload);
+	free(sealed_code);
+	sodium_memzero(&req, sizeof req);
+	return rc;
+}
+
+int flow_check(const struct api_ctx *ctx, enum otp_channel channel, unsigned mask,
+               const char *target, const char *code, bool *ok, struct otp_error *err)
+{
+	struct store_check req = {0};
+	req.channel = channel;
+	req.channel_mask = mask;
+	req.target = target;
+	req.now = ctx->now();
+	req.max_failures = ctx->cfg->max_check_attempts;
+	req.consume = ctx->cfg->check_consumes;
+	/* Hash for every accepted channel, always, so the work done does not depend on
+	 * which codes exist. */
+	for (unsigned ch = 0; ch < OTP_CH_COUNT; ch++)
+		if (mask & OTP_CH_BIT(ch))
+			otp_code_hash(ctx->key, (enum otp_channel)ch, target, code, req.presented[ch]);
+	*ok = false;
+	int rc = store_check(ctx->store, &req, ok);
+	sodium_memzero(&req.presented, sizeof req.presented);
+	if (rc != 0)
+		return store_failed(err);
+	return 0;
+}
+
+int flow_ip_required(const struct api_ctx *ctx, enum otp_channel channel, bool *required,
+                     struct otp_error *err)
+{
+	struct store_limits lim;
+	*required = false;
+	if (store_get_limits(ctx->store, channel, &lim) != 0)
+		return store_failed(err);
+	for (size_t i = 0; i < lim.n; i++)
+		if (lim.rules[i].kind == OTP_LIMIT_IP)
+			*required = true;
+	return 0;
+}
