@@ -1,0 +1,350 @@
+/*
+ * server.c - libmicrohttpd glue.
+ *
+ * DESIGN: libmicrohttpd runs its own thread pool (cfg->threads threads, epoll); each
+ * request is handled to the end on the pool thread that read it, so a handler may block
+ * on the store. The body is accumulated into a per-request buffer that never grows past
+ * OTPD_MAX_BODY_BYTES: a declared Content-Length over the limit is refused at the first
+ * callback (before any body byte is read), a chunked body that grows over it is
+ * discarded and refused at the end. `in_flight` counts requests between their first
+ * callback and their completion, so a drain can wait for exactly those.
+ */
+#include "http/server.h"
+
+#include <arpa/inet.h>
+#include <microhttpd.h>
+#include <netdb.h>
+#include <sodium.h>
+#include <stdatomic.h>
+#include <strings.h>
+#include <unistd.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "log.h"
+
+struct http_server {
+	struct MHD_Daemon *daemon;
+	const struct config *cfg;
+	const struct api_ctx *api;
+	atomic_int in_flight;
+	uint8_t auth_digest[32];  /* BLAKE2b of "user:password"; compared in constant time */
+	bool auth;
+};
+
+struct conn {
+	char *body;
+	size_t len, cap;
+	bool too_large;
+	bool too_many_args;
+	struct api_kv query[API_QUERY_MAX];
+	size_t n_query;
+	struct timespec start;
+	char request_id[40];
+};
+
+static double elapsed_ms(const struct timespec *t0)
+{
+	struct timespec t1;
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	return (double)(t1.tv_sec - t0->tv_sec) * 1e3 + (double)(t1.tv_nsec - t0->tv_nsec) / 1e6;
+}
+
+/* Use the caller's X-Request-Id when it is short and tame, else make one. */
+static void set_request_id(struct conn *c, const char *given)
+{
+	if (given != NULL) {
+		size_t n = strlen(given);
+		bool ok = n > 0 && n < sizeof c->request_id;
+		for (size_t i = 0; ok && i < n; i++) {
+			char ch = given[i];
+			ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+			     (ch >= '0' && ch <= '9') || ch == '-' || ch == '_' || ch == '.';
+		}
+		if (ok) {
+			memcpy(c->request_id, given, n + 1);
+			return;
+		}
+	}
+	uint8_t raw[8];
+	randombytes_buf(raw, sizeof raw);
+	sodium_bin2hex(c->request_id, sizeof c->request_id, raw, sizeof raw);
+}
+
+static enum MHD_Result collect_arg(void *cls, enum MHD_ValueKind kind, const char *key,
+                                   const char *value)
+{
+	(void)kind;
+	struct conn *c = cls;
+	if (c->n_query >= API_QUERY_MAX) {
+		c->too_many_args = true;
+		return MHD_NO;
+	}
+	c->query[c->n_query].key = key;
+	c->query[c->n_query].value = value ? value : "";
+	c->n_query++;
+	return MHD_YES;
+}
+
+static enum MHD_Result send_json(struct MHD_Connection *con, struct conn *c,
+                                 const char *method, const char *url,
+                                 const struct api_response *r)
+{
+	char *text = r->body ? json_dumps(r->body, JSON_COMPACT) : NULL;
+	struct MHD_Response *resp;
+	if (text != NULL) {
+		resp = MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE);
+	} else {
+		static const char fallback[] = "{\"status\":false,\"message\":\"internal error\"}";
+		resp = MHD_create_response_from_buffer(sizeof fallback - 1, (void *)fallback,
+		                                       MHD_RESPMEM_PERSISTENT);
+	}
+	if (resp == NULL) {
+		free(text);
+		return MHD_NO;
+	}
+	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+	MHD_add_response_header(resp, "X-Request-Id", c->request_id);
+	if (r->status == 401)
+		MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE,
+		                        "Basic realm=\"otpd\", charset=\"UTF-8\"");
+	if (r->allow != NULL)
+		MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, r->allow);
+	enum MHD_Result ret = MHD_queue_response(con, (unsigned)r->status, resp);
+	MHD_destroy_response(resp);
+	if (log_enabled(LOG_INFO)) {
+		char status[8], ms[24];
+		snprintf(status, sizeof status, "%d", r->status);
+		snprintf(ms, sizeof ms, "%.2f", elapsed_ms(&c->start));
+		/* The query string is never logged: it may carry a code. */
+		log_write(LOG_INFO, "request", "req", c->request_id, "method", method, "path", url,
+		          "status", status, "ms", ms, NULL);
+	}
+	return ret;
+}
+
+static enum MHD_Result send_error(struct MHD_Connection *con, struct conn *c, const char *method,
+                                  const char *url, int code, const char *status_code,
+                                  const char *message)
+{
+	struct otp_error e = {0};
+	struct api_response r = {0};
+	otp_error_set(&e, code, status_code, "", "%s", message);
+	api_error_response(&e, &r);
+	enum MHD_Result ret = send_json(con, c, method, url, &r);
+	api_response_fini(&r);
+	return ret;
+}
+
+static bool basic_auth_ok(struct http_server *s, struct MHD_Connection *con)
+{
+	const char *h = MHD_lookup_connection_value(con, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+	if (h == NULL || strncasecmp(h, "Basic ", 6) != 0)
+		return false;
+	const char *b64 = h + 6;
+	while (*b64 == ' ')
+		b64++;
+	uint8_t plain[1024];
+	size_t plain_len = 0;
+	if (sodium_base642bin(plain, sizeof plain, b64, strlen(b64), NULL, &plain_len, NULL,
+	                      sodium_base64_VARIANT_ORIGINAL) != 0)
+		return false;
+	uint8_t digest[32];
+	crypto_generichash(digest, sizeof digest, plain, plain_len, NULL, 0);
+	sodium_memzero(plain, sizeof plain);
+	return sodium_memcmp(digest, s->auth_digest, sizeof digest) == 0;
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *con, const char *url,
+                                  const char *method, const char *version,
+                                  const char *upload_data, size_t *upload_data_size,
+                                  void **con_cls)
+{
+	(void)version;
+	struct http_server *s = cls;
+	struct conn *c = *con_cls;
+
+	if (c == NULL) {
+		c = calloc(1, sizeof *c);
+		if (c == NULL)
+			return MHD_NO;
+		*con_cls = c;
+		atomic_fetch_add(&s->in_flight, 1);
+		clock_gettime(CLOCK_MONOTONIC, &c->start);
+		set_request_id(c, MHD_lookup_connection_value(con, MHD_HEADER_KIND, "X-Request-Id"));
+		const char *cl = MHD_lookup_connection_value(con, MHD_HEADER_KIND,
+		                                             MHD_HTTP_HEADER_CONTENT_LENGTH);
+		if (cl != NULL) {
+			char *end = NULL;
+			unsigned long long n = strtoull(cl, &end, 10);
+			if (end != cl && (n > (unsigned long long)s->cfg->max_body_bytes))
+				return send_error(con, c, method, url, OTP_ERR_TOO_LARGE, "too_large",
+				                  "the request body is larger than OTPD_MAX_BODY_BYTES");
+		}
+		return MHD_YES;
+	}
+
+	if (*upload_data_size > 0) {
+		size_t n = *upload_data_size;
+		*upload_data_size = 0;
+		if (c->too_large || c->len + n > (size_t)s->cfg->max_body_bytes) {
+			c->too_large = true;
+			return MHD_YES;
+		}
+		if (c->len + n > c->cap) {
+			size_t cap = c->cap ? c->cap : 1024;
+			while (cap < c->len + n)
+				cap *= 2;
+			if (cap > (size_t)s->cfg->max_body_bytes)
+				cap = (size_t)s->cfg->max_body_bytes;
+			char *nb = realloc(c->body, cap);
+			if (nb == NULL)
+				return MHD_NO;
+			c->body = nb;
+			c->cap = cap;
+		}
+		memcpy(c->body + c->len, upload_data, n);
+		c->len += n;
+		return MHD_YES;
+	}
+
+	if (c->too_large)
+		return send_error(con, c, method, url, OTP_ERR_TOO_LARGE, "too_large",
+		                  "the request body is larger than OTPD_MAX_BODY_BYTES");
+	if (s->auth && api_auth_for(s->api, url) == API_AUTH_BASIC && !basic_auth_ok(s, con))
+		return send_error(con, c, method, url, OTP_ERR_AUTH, "unauthorized",
+		                  "authentication required");
+	MHD_get_connection_values(con, MHD_GET_ARGUMENT_KIND, collect_arg, c);
+	if (c->too_many_args)
+		return send_error(con, c, method, url, OTP_ERR_INVALID, "invalid_parameter",
+		                  "too many query parameters");
+
+	struct api_request req = {
+		.method = method,
+		.path = url,
+		.request_id = c->request_id,
+		.query = c->query,
+		.n_query = c->n_query,
+		.body = c->body,
+		.body_len = c->len,
+		.telegram_secret = MHD_lookup_connection_value(con, MHD_HEADER_KIND,
+		                                               "X-Telegram-Bot-Api-Secret-Token"),
+	};
+	struct api_response resp = {0};
+	api_handle(s->api, &req, &resp);
+	enum MHD_Result ret = send_json(con, c, method, url, &resp);
+	api_response_fini(&resp);
+	return ret;
+}
+
+static void on_completed(void *cls, struct MHD_Connection *con, void **con_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+	(void)con;
+	(void)toe;
+	struct http_server *s = cls;
+	struct conn *c = *con_cls;
+	if (c == NULL)
+		return;
+	if (c->body != NULL) {
+		/* bodies carry codes */
+		sodium_memzero(c->body, c->cap);
+		free(c->body);
+	}
+	free(c);
+	*con_cls = NULL;
+	atomic_fetch_sub(&s->in_flight, 1);
+}
+
+static void on_mhd_log(void *cls, const char *fmt, va_list ap)
+{
+	(void)cls;
+	char msg[256];
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	size_t n = strlen(msg);
+	while (n > 0 && msg[n - 1] == '\n')
+		msg[--n] = '\0';
+	log_write(LOG_DEBUG, "http", "detail", msg, NULL);
+}
+
+struct http_server *http_server_start(const struct config *cfg, const struct api_ctx *api,
+                                      char *err, size_t cap)
+{
+	struct addrinfo hints = {0}, *ai = NULL;
+	hints.ai_family = AF_UNSPEC;
+	hints.ai_socktype = SOCK_STREAM;
+	hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+	char port[8];
+	snprintf(port, sizeof port, "%d", cfg->listen_port);
+	int gai = getaddrinfo(cfg->listen_host, port, &hints, &ai);
+	if (gai != 0) {
+		snprintf(err, cap, "OTPD_LISTEN: cannot resolve %s: %s", cfg->listen_host,
+		         gai_strerror(gai));
+		return NULL;
+	}
+	struct http_server *s = calloc(1, sizeof *s);
+	if (s == NULL) {
+		freeaddrinfo(ai);
+		snprintf(err, cap, "out of memory");
+		return NULL;
+	}
+	s->cfg = cfg;
+	s->api = api;
+	atomic_init(&s->in_flight, 0);
+	if (cfg->http_auth_username != NULL && cfg->http_auth_password != NULL) {
+		char up[600];
+		int n = snprintf(up, sizeof up, "%s:%s", cfg->http_auth_username, cfg->http_auth_password);
+		crypto_generichash(s->auth_digest, sizeof s->auth_digest, (const uint8_t *)up,
+		                   (size_t)n, NULL, 0);
+		sodium_memzero(up, sizeof up);
+		s->auth = true;
+	}
+	unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ITC |
+	                 MHD_USE_ERROR_LOG;
+	if (ai->ai_family == AF_INET6)
+		flags |= MHD_USE_IPv6;
+	s->daemon = MHD_start_daemon(
+		flags, (uint16_t)cfg->listen_port, NULL, NULL, on_request, s,
+		MHD_OPTION_SOCK_ADDR, ai->ai_addr,
+		MHD_OPTION_THREAD_POOL_SIZE, (unsigned)cfg->threads,
+		MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)30,
+		MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
+		MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, NULL,
+		MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,
+		MHD_OPTION_END);
+	freeaddrinfo(ai);
+	if (s->daemon == NULL) {
+		snprintf(err, cap, "OTPD_LISTEN: cannot listen on %s (in use, or not allowed)",
+		         cfg->listen);
+		free(s);
+		return NULL;
+	}
+	return s;
+}
+
+void http_server_drain(struct http_server *s, int deadline_s)
+{
+	if (s == NULL || s->daemon == NULL)
+		return;
+	MHD_socket fd = MHD_quiesce_daemon(s->daemon);
+	if (fd != MHD_INVALID_SOCKET)
+		close(fd);
+	struct timespec t0;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	while (atomic_load(&s->in_flight) > 0 && elapsed_ms(&t0) < deadline_s * 1000.0) {
+		struct timespec nap = {0, 10 * 1000 * 1000};
+		nanosleep(&nap, NULL);
+	}
+}
+
+void http_server_stop(struct http_server *s)
+{
+	if (s == NULL)
+		return;
+	if (s->daemon != NULL)
+		MHD_stop_daemon(s->daemon);
+	sodium_memzero(s->auth_digest, sizeof s->auth_digest);
+	free(s);
+}

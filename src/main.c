@@ -1,0 +1,369 @@
+/*
+ * main.c - wires otpd together: configuration, the service key, the store, the outbox
+ * workers, the janitor, the HTTP server; then waits for SIGTERM/SIGINT and drains.
+ *
+ * DESIGN: signals are blocked in every thread (the mask is set before any thread is
+ * created) and taken synchronously by sigwait() here, so no code runs in a signal
+ * handler. Shutdown order is the reverse of start: stop taking requests and let those in
+ * flight finish, stop the outbox (in-flight sends finish, claimed-but-unsent jobs are
+ * released), stop the janitor, close the store.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "api/api.h"
+#include "config.h"
+#include "core/otp.h"
+#include "http/server.h"
+#include "log.h"
+#include "outbox/outbox.h"
+#include "store/store.h"
+
+#define KEY_FILE "secret.key"
+
+static const char *env_get(void *ctx, const char *name)
+{
+	(void)ctx;
+	return getenv(name);
+}
+
+static int64_t now_unix(void)
+{
+	return (int64_t)time(NULL);
+}
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+	        "usage: otpd [command]\n"
+	        "  (none)                 serve HTTP (configured by environment variables)\n"
+	        "  --check-config         validate the configuration, print it, exit 0 or 2\n"
+	        "  migrate                apply pending database migrations and exit\n"
+	        "  --help, --version\n"
+	        "Environment variables:\n");
+	for (size_t i = 0; i < config_var_count(); i++) {
+		const char *def = config_var_default(i);
+		fprintf(f, "  %-34s %s%s%s%s\n", config_var_name(i), config_var_help(i),
+		        def ? " [default: " : "", def ? def : "", def ? "]" : "");
+	}
+}
+
+/* The master key: OTPD_SECRET_KEY, or OTPD_DATA_DIR/secret.key, generated on first start
+ * (mode 0600, written with O_EXCL so two processes starting together agree). */
+static int load_key(const struct config *cfg, uint8_t master[OTP_KEY_LEN], char *err, size_t cap)
+{
+	char hex[2 * OTP_KEY_LEN + 2];
+	size_t bin_len = 0;
+	if (cfg->secret_key != NULL) {
+		if (sodium_hex2bin(master, OTP_KEY_LEN, cfg->secret_key, strlen(cfg->secret_key), NULL,
+		                   &bin_len, NULL) != 0 || bin_len != OTP_KEY_LEN) {
+			snprintf(err, cap, "OTPD_SECRET_KEY: must be 64 hex characters");
+			return -1;
+		}
+		return 0;
+	}
+	char path[4200];
+	snprintf(path, sizeof path, "%s/%s", cfg->data_dir, KEY_FILE);
+	int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	if (fd >= 0) {
+		randombytes_buf(master, OTP_KEY_LEN);
+		sodium_bin2hex(hex, sizeof hex, master, OTP_KEY_LEN);
+		size_t n = strlen(hex);
+		hex[n++] = '\n';
+		bool ok = write(fd, hex, n) == (ssize_t)n && fsync(fd) == 0;
+		close(fd);
+		sodium_memzero(hex, sizeof hex);
+		if (!ok) {
+			unlink(path);
+			snprintf(err, cap, "cannot write %s: %s", path, strerror(errno));
+			return -1;
+		}
+		log_write(LOG_INFO, "generated a new secret key", "path", path, NULL);
+		return 0;
+	}
+	if (errno != EEXIST) {
+		snprintf(err, cap, "cannot create %s: %s", path, strerror(errno));
+		return -1;
+	}
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0) {
+		snprintf(err, cap, "cannot read %s: %s", path, strerror(errno));
+		return -1;
+	}
+	struct stat st;
+	if (fstat(fd, &st) == 0 && (st.st_mode & 077) != 0)
+		log_write(LOG_WARN, "secret key file is readable by others: chmod 600 it", "path", path,
+		          NULL);
+	ssize_t n = read(fd, hex, sizeof hex - 1);
+	close(fd);
+	if (n < 0)
+		n = 0;
+	hex[n] = '\0';
+	while (n > 0 && (hex[n - 1] == '\n' || hex[n - 1] == '\r' || hex[n - 1] == ' '))
+		hex[--n] = '\0';
+	int rc = sodium_hex2bin(master, OTP_KEY_LEN, hex, (size_t)n, NULL, &bin_len, NULL);
+	sodium_memzero(hex, sizeof hex);
+	if (rc != 0 || bin_len != OTP_KEY_LEN) {
+		snprintf(err, cap, "%s: must hold 64 hex characters", path);
+		return -1;
+	}
+	return 0;
+}
+
+static struct store *open_store(const struct config *cfg, char *err, size_t cap)
+{
+	if (cfg->pg_host != NULL) {
+		struct store_pg_config pc = {
+			.host = cfg->pg_host,
+			.real_host = cfg->pg_real_host,
+			.port = cfg->pg_port,
+			.database = cfg->pg_database,
+			.user = cfg->pg_user,
+			.password = cfg->pg_password,
+			.schema = cfg->pg_schema,
+			.pool = cfg->pg_pool,
+			.connect_timeout = cfg->pg_connect_timeout,
+		};
+		return store_pg_open(&pc, err, cap);
+	}
+	char path[4200];
+	snprintf(path, sizeof path, "%s/otpd.db", cfg->data_dir);
+	return store_sqlite_open(path, cfg->sqlite_pool, err, cap);
+}
+
+/* ---- janitor: purges expired codes and old finished jobs ---------------------------- */
+
+struct janitor {
+	pthread_t thread;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	bool stop;          /* guarded by mu */
+	struct store *store;
+	const struct config *cfg;
+};
+
+static void *janitor_main(void *arg)
+{
+	struct janitor *j = arg;
+	pthread_mutex_lock(&j->mu);
+	while (!j->stop) {
+		pthread_mutex_unlock(&j->mu);
+		int64_t now = now_unix(), deleted = 0;
+		int rc = store_purge(j->store, now, now - j->cfg->retention, &deleted);
+		if (rc != 0) {
+			log_write(LOG_WARN, "janitor: purge failed", "error", otp_err_name(rc), NULL);
+		} else if (deleted > 0) {
+			char n[24];
+			snprintf(n, sizeof n, "%lld", (long long)deleted);
+			log_write(LOG_INFO, "janitor: purged expired rows", "rows", n, NULL);
+		}
+		struct timespec until;
+		clock_gettime(CLOCK_REALTIME, &until);
+		until.tv_sec += j->cfg->janitor_interval;
+		pthread_mutex_lock(&j->mu);
+		while (!j->stop && pthread_cond_timedwait(&j->cv, &j->mu, &until) != ETIMEDOUT)
+			;
+	}
+	pthread_mutex_unlock(&j->mu);
+	return NULL;
+}
+
+static void outbox_wake(void *arg)
+{
+	outbox_notify(arg);
+}
+
+static int serve(const struct config *cfg)
+{
+	char err[8192] = "";
+	int status = 1;
+	uint8_t master[OTP_KEY_LEN];
+	struct otp_key key;
+	struct store *store = NULL;
+	struct outbox *outbox = NULL;
+	struct http_server *http = NULL;
+	struct janitor jan = {.store = NULL, .cfg = cfg};
+	bool janitor_started = false;
+
+	if (cfg->php_pm_max_requests_set)
+		log_write(LOG_INFO, "PHP_PM_MAX_REQUESTS has no meaning for otpd and is ignored", NULL);
+	if (cfg->pg_host == NULL && mkdir(cfg->data_dir, 0700) != 0 && errno != EEXIST) {
+		fprintf(stderr, "otpd: OTPD_DATA_DIR: cannot create %s: %s\n", cfg->data_dir,
+		        strerror(errno));
+		return 2;
+	}
+	if (cfg->secret_key == NULL && cfg->pg_host != NULL && mkdir(cfg->data_dir, 0700) != 0 &&
+	    errno != EEXIST) {
+		fprintf(stderr, "otpd: OTPD_DATA_DIR: cannot create %s: %s\n", cfg->data_dir,
+		        strerror(errno));
+		return 2;
+	}
+	if (load_key(cfg, master, err, sizeof err) != 0) {
+		fprintf(stderr, "otpd: %s\n", err);
+		return 2;
+	}
+	if (otp_key_init(&key, master) != 0) {
+		fprintf(stderr, "otpd: cannot initialise libsodium\n");
+		return 1;
+	}
+	sodium_memzero(master, sizeof master);
+
+	store = open_store(cfg, err, sizeof err);
+	if (store == NULL) {
+		fprintf(stderr, "otpd: store: %s\n", err);
+		goto out;
+	}
+	outbox = outbox_new(cfg, store, &key, err, sizeof err);
+	if (outbox == NULL) {
+		fprintf(stderr, "otpd: delivery: %s\n", err);
+		status = 2;
+		goto out;
+	}
+	if (outbox_start(outbox) != 0) {
+		fprintf(stderr, "otpd: cannot start the delivery workers\n");
+		goto out;
+	}
+
+	struct api_ctx api = {
+		.cfg = cfg,
+		.store = store,
+		.key = &key,
+		.rng = &otp_rng_system,
+		.now = now_unix,
+		.notify = outbox_wake,
+		.notify_arg = outbox,
+	};
+	http = http_server_start(cfg, &api, err, sizeof err);
+	if (http == NULL) {
+		fprintf(stderr, "otpd: %s\n", err);
+		goto out;
+	}
+	jan.store = store;
+	pthread_mutex_init(&jan.mu, NULL);
+	pthread_cond_init(&jan.cv, NULL);
+	if (pthread_create(&jan.thread, NULL, janitor_main, &jan) == 0)
+		janitor_started = true;
+
+	char threads[16], workers[16];
+	snprintf(threads, sizeof threads, "%d", cfg->threads);
+	snprintf(workers, sizeof workers, "%d", cfg->outbox_workers);
+	log_write(LOG_INFO, "otpd started", "listen", cfg->listen, "store", store->ops->name,
+	          "threads", threads, "outbox_workers", workers, "dummy", cfg->dummy ? "true" : "false",
+	          NULL);
+
+	sigset_t set;
+	sigemptyset(&set);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	int sig = 0;
+	sigwait(&set, &sig);
+	log_write(LOG_INFO, "shutting down", "signal", sig == SIGTERM ? "SIGTERM" : "SIGINT", NULL);
+	status = 0;
+
+out:
+	if (http != NULL) {
+		http_server_drain(http, cfg->shutdown_timeout);
+		http_server_stop(http);
+	}
+	if (janitor_started) {
+		pthread_mutex_lock(&jan.mu);
+		jan.stop = true;
+		pthread_cond_signal(&jan.cv);
+		pthread_mutex_unlock(&jan.mu);
+		pthread_join(jan.thread, NULL);
+		pthread_cond_destroy(&jan.cv);
+		pthread_mutex_destroy(&jan.mu);
+	}
+	if (outbox != NULL) {
+		outbox_stop(outbox, cfg->shutdown_timeout);
+		outbox_free(outbox);
+	}
+	store_close(store);
+	otp_key_wipe(&key);
+	if (status == 0)
+		log_write(LOG_INFO, "otpd stopped", NULL);
+	return status;
+}
+
+static int migrate(const struct config *cfg)
+{
+	char err[8192] = "";
+	if (cfg->pg_host == NULL && mkdir(cfg->data_dir, 0700) != 0 && errno != EEXIST) {
+		fprintf(stderr, "otpd: OTPD_DATA_DIR: cannot create %s: %s\n", cfg->data_dir,
+		        strerror(errno));
+		return 2;
+	}
+	/* Opening a store applies its pending migrations. */
+	struct store *s = open_store(cfg, err, sizeof err);
+	if (s == NULL) {
+		fprintf(stderr, "otpd: store: %s\n", err);
+		return 1;
+	}
+	store_close(s);
+	printf("migrations applied\n");
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	const char *cmd = argc > 1 ? argv[1] : NULL;
+	if (cmd != NULL && (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0)) {
+		usage(stdout);
+		return 0;
+	}
+	if (cmd != NULL && strcmp(cmd, "--version") == 0) {
+		printf("otpd 0.1.0\n");
+		return 0;
+	}
+	if (cmd != NULL && strcmp(cmd, "--check-config") != 0 && strcmp(cmd, "migrate") != 0) {
+		fprintf(stderr, "otpd: unknown command '%s'\n", cmd);
+		usage(stderr);
+		return 2;
+	}
+
+	struct config *cfg = NULL;
+	char *errs = NULL;
+	int rc = config_load(env_get, NULL, &cfg, &errs);
+	if (rc != 0) {
+		fprintf(stderr, "otpd: invalid configuration:\n%s", errs ? errs : "out of memory\n");
+		free(errs);
+		return 2;
+	}
+	log_set_level((enum log_level)cfg->log_level);
+
+	if (cmd != NULL && strcmp(cmd, "--check-config") == 0) {
+		config_dump(cfg, stdout);
+		config_free(cfg);
+		return 0;
+	}
+	if (sodium_init() < 0) {
+		fprintf(stderr, "otpd: cannot initialise libsodium\n");
+		config_free(cfg);
+		return 1;
+	}
+	int status;
+	if (cmd != NULL && strcmp(cmd, "migrate") == 0) {
+		status = migrate(cfg);
+	} else {
+		/* Block the signals before any thread exists so every thread inherits the mask
+		 * and only sigwait() in serve() receives them. */
+		sigset_t set;
+		sigemptyset(&set);
+		sigaddset(&set, SIGTERM);
+		sigaddset(&set, SIGINT);
+		pthread_sigmask(SIG_BLOCK, &set, NULL);
+		signal(SIGPIPE, SIG_IGN);
+		status = serve(cfg);
+	}
+	config_free(cfg);
+	return status;
+}
