@@ -1,0 +1,50 @@
+/*
+ * http.h - the one outbound HTTP client of the providers: a POST with headers and a body
+ * through libcurl, bounded in time (cfg->provider_timeout) and in the bytes of the answer
+ * it keeps. It reports transport failures as text without the URL or credentials, and
+ * maps HTTP statuses to "delivered / retry / permanent". Internal to src/providers/.
+ * Thread-safety: every call uses its own curl easy handle; callable from any thread.
+ */
+#ifndef OTPD_PROVIDERS_HTTP_H
+#define OTPD_PROVIDERS_HTTP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "config.h"
+
+#define PROVIDER_HTTP_BODY_MAX 16384u /* bytes of an answer kept; the rest is dropped */
+
+struct provider_http_req {
+	const char *url;
+	const char *content_type;    /* "application/json", ... */
+	const char *body;
+	size_t body_len;
+	const char *const *headers;  /* extra "Name: value" lines, NULL-terminated; may be NULL */
+	const char *basic_user;      /* HTTP Basic auth when both are set */
+	const char *basic_password;
+	const char *redact;          /* a secret that must never appear in an error (a token
+	                                that is part of the URL); may be NULL */
+};
+
+struct provider_http_resp {
+	long status;                 /* HTTP status of the answer */
+	size_t len;                  /* bytes kept in body */
+	bool truncated;              /* the answer was longer than PROVIDER_HTTP_BODY_MAX */
+	char body[PROVIDER_HTTP_BODY_MAX + 1]; /* NUL-terminated */
+};
+
+/*
+ * POST req and read the answer into *resp. Returns 0 when an HTTP answer arrived,
+ * whatever its status; OTP_ERR_PROVIDER when none did (connection refused, DNS, TLS,
+ * timeout: worth retrying); OTP_ERR_PERMANENT when the URL itself is unusable;
+ * OTP_ERR_NOMEM. On failure err holds a short reason: no URL, no credentials.
+ */
+int provider_http_post(const struct config *cfg, const struct provider_http_req *req,
+                       struct provider_http_resp *resp, char *err, size_t cap);
+
+/* 0 for 2xx; OTP_ERR_PROVIDER for 408, 429 and 5xx (try again later); OTP_ERR_PERMANENT
+ * for everything else (4xx, redirects we do not follow, nonsense). */
+int provider_http_classify(long status);
+
+#endif
