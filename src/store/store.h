@@ -158,7 +158,9 @@ struct store_ops {
 	                        uint8_t **sealed, size_t *len);
 
 	/* Delete codes expired before `before`, attempt counters with no live code, and sent /
-	 * dead / skipped jobs older than `jobs_before`. *deleted counts rows removed. */
+	 * dead / skipped jobs older than `jobs_before`. *deleted counts rows removed.
+	 * A code is also a send that limits count: one still inside the longest limit window
+	 * of its channel (created_at >= before - 60 * max minutes) is kept. */
 	int (*purge)(struct store *s, int64_t before, int64_t jobs_before, int64_t *deleted);
 
 	/* Claim up to `max` jobs that are pending with next_at <= now, or sending with
@@ -173,7 +175,9 @@ struct store_ops {
 	                    const char *error);
 	/* Give up: state dead, attempts+1, last_error, payload erased. */
 	int (*outbox_dead)(struct store *s, int64_t id, int64_t now, const char *error);
-	/* Put a claimed job back untouched (shutdown before it was tried). */
+	/* Put a claimed job back untouched (shutdown before it was tried).
+	 * sent, retry, dead and release act on a claimed (sending) job only: any other id
+	 * answers OTP_ERR_NOT_FOUND and changes nothing. */
 	int (*outbox_release)(struct store *s, int64_t id);
 	int (*outbox_list)(struct store *s, const struct store_job_filter *f,
 	                   struct store_job_info *rows, size_t *n_out);
