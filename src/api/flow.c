@@ -31,6 +31,57 @@ static uint8_t *seal_new(const struct api_ctx *ctx, const char *ad, const uint8_
 	return out;
 }
 
+/* Texts otpd writes itself from the OTPD_TEMPLATE_* settings, when the request did not
+ * bring its own: the call's spoken text (the compat /call has no message), and the whole
+ * email when no subject was given (the Telegram webhook's message is rendered by its
+ * caller). Owned here, wiped when the send is done. */
+struct rendered {
+	char *text, *subject, *html;
+};
+
+static void rendered_fini(struct rendered *r)
+{
+	char *all[] = {r->text, r->subject, r->html};
+	for (size_t i = 0; i < 3; i++) {
+		if (all[i] != NULL) {
+			sodium_memzero(all[i], strlen(all[i]));
+			free(all[i]);
+		}
+	}
+}
+
+static int render_missing(const struct config *cfg, const struct flow_send *in,
+                          struct otp_message *m, struct rendered *r)
+{
+	if (in->channel == OTP_CH_EMAIL) {
+		if (in->subject != NULL)
+			return 0;
+		r->subject = otp_template_render(cfg->template_email_subject, in->code, in->lifetime);
+		r->text = otp_template_render(cfg->template_email_text, in->code, in->lifetime);
+		if (cfg->template_email_html != NULL)
+			r->html = otp_template_render(cfg->template_email_html, in->code, in->lifetime);
+		if (r->subject == NULL || r->text == NULL ||
+		    (cfg->template_email_html != NULL && r->html == NULL))
+			return OTP_ERR_NOMEM;
+		m->subject = r->subject;
+		m->text = r->text;
+		m->html = r->html;
+		return 0;
+	}
+	if (in->text != NULL)
+		return 0;
+	const char *tmpl = cfg->template_sms;
+	if (in->channel == OTP_CH_CALL)
+		tmpl = cfg->template_call;
+	else if (in->channel == OTP_CH_TELEGRAM)
+		tmpl = cfg->template_telegram;
+	r->text = otp_template_render(tmpl, in->code, in->lifetime);
+	if (r->text == NULL)
+		return OTP_ERR_NOMEM;
+	m->text = r->text;
+	return 0;
+}
+
 int flow_send(const struct api_ctx *ctx, const struct flow_send *in, int64_t *job_id,
               struct otp_error *err)
 {
@@ -39,6 +90,7 @@ int flow_send(const struct api_ctx *ctx, const struct flow_send *in, int64_t *jo
 	struct store_send_result res = {0};
 	uint8_t *payload = NULL, *plain = NULL, *sealed_code = NULL;
 	size_t plain_len = 0;
+	struct rendered rendered = {0};
 	int rc;
 
 	req.channel = in->channel;
@@ -71,7 +123,9 @@ int flow_send(const struct api_ctx *ctx, const struct flow_send *in, int64_t *jo
 			.html = (char *)in->html,
 			.lifetime = in->lifetime,
 		};
-		rc = otp_message_encode(&m, &plain, &plain_len);
+		rc = render_missing(cfg, in, &m, &rendered);
+		if (rc == 0)
+			rc = otp_message_encode(&m, &plain, &plain_len);
 		if (rc != 0) {
 			rc = otp_error_set(err, rc, "", "", "could not encode the message");
 			goto out;
@@ -117,6 +171,7 @@ out:
 	}
 	free(payload);
 	free(sealed_code);
+	rendered_fini(&rendered);
 	sodium_memzero(&req, sizeof req);
 	return rc;
 }
