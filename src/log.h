@@ -17,8 +17,12 @@ enum log_level { LOG_DEBUG = 0, LOG_INFO = 1, LOG_WARN = 2, LOG_ERROR = 3 };
 void log_set_level(enum log_level lvl);
 bool log_enabled(enum log_level lvl);
 
-/* log_write(LOG_INFO, "started", "listen", "127.0.0.1:8080", "threads", "4", NULL):
- * msg, then key/value string pairs ending with NULL. A NULL value prints as "". */
+/* The end of log_write's key/value list: a pointer-typed NULL, since a bare NULL may be
+ * an int in a variadic call. */
+#define LOG_END ((const char *)0)
+
+/* log_write(LOG_INFO, "started", "listen", "127.0.0.1:8080", "threads", "4", LOG_END):
+ * msg, then key/value string pairs ending with LOG_END. A NULL value prints as "". */
 void log_write(enum log_level lvl, const char *msg, ...) __attribute__((sentinel));
 
 /* Mask a target for the log: phones and ids keep their first 4 and last 4 characters

@@ -87,7 +87,7 @@ static int load_key(const struct config *cfg, uint8_t master[OTP_KEY_LEN], char 
 			snprintf(err, cap, "cannot write %s: %s", path, strerror(errno));
 			return -1;
 		}
-		log_write(LOG_INFO, "generated a new secret key", "path", path, NULL);
+		log_write(LOG_INFO, "generated a new secret key", "path", path, LOG_END);
 		return 0;
 	}
 	if (errno != EEXIST) {
@@ -102,7 +102,7 @@ static int load_key(const struct config *cfg, uint8_t master[OTP_KEY_LEN], char 
 	struct stat st;
 	if (fstat(fd, &st) == 0 && (st.st_mode & 077) != 0)
 		log_write(LOG_WARN, "secret key file is readable by others: chmod 600 it", "path", path,
-		          NULL);
+		          LOG_END);
 	ssize_t n = read(fd, hex, sizeof hex - 1);
 	close(fd);
 	if (n < 0)
@@ -160,11 +160,11 @@ static void *janitor_main(void *arg)
 		int64_t now = now_unix(), deleted = 0;
 		int rc = store_purge(j->store, now, now - j->cfg->retention, &deleted);
 		if (rc != 0) {
-			log_write(LOG_WARN, "janitor: purge failed", "error", otp_err_name(rc), NULL);
+			log_write(LOG_WARN, "janitor: purge failed", "error", otp_err_name(rc), LOG_END);
 		} else if (deleted > 0) {
 			char n[24];
 			snprintf(n, sizeof n, "%lld", (long long)deleted);
-			log_write(LOG_INFO, "janitor: purged expired rows", "rows", n, NULL);
+			log_write(LOG_INFO, "janitor: purged expired rows", "rows", n, LOG_END);
 		}
 		struct timespec until;
 		clock_gettime(CLOCK_REALTIME, &until);
@@ -195,7 +195,7 @@ static int serve(const struct config *cfg)
 	bool janitor_started = false;
 
 	if (cfg->php_pm_max_requests_set)
-		log_write(LOG_INFO, "PHP_PM_MAX_REQUESTS has no meaning for otpd and is ignored", NULL);
+		log_write(LOG_INFO, "PHP_PM_MAX_REQUESTS has no meaning for otpd and is ignored", LOG_END);
 	if (cfg->pg_host == NULL && mkdir(cfg->data_dir, 0700) != 0 && errno != EEXIST) {
 		fprintf(stderr, "otpd: OTPD_DATA_DIR: cannot create %s: %s\n", cfg->data_dir,
 		        strerror(errno));
@@ -258,7 +258,7 @@ static int serve(const struct config *cfg)
 	snprintf(workers, sizeof workers, "%d", cfg->outbox_workers);
 	log_write(LOG_INFO, "otpd started", "listen", cfg->listen, "store", store->ops->name,
 	          "threads", threads, "outbox_workers", workers, "dummy", cfg->dummy ? "true" : "false",
-	          NULL);
+	          LOG_END);
 
 	sigset_t set;
 	sigemptyset(&set);
@@ -266,7 +266,7 @@ static int serve(const struct config *cfg)
 	sigaddset(&set, SIGINT);
 	int sig = 0;
 	sigwait(&set, &sig);
-	log_write(LOG_INFO, "shutting down", "signal", sig == SIGTERM ? "SIGTERM" : "SIGINT", NULL);
+	log_write(LOG_INFO, "shutting down", "signal", sig == SIGTERM ? "SIGTERM" : "SIGINT", LOG_END);
 	status = 0;
 
 out:
@@ -290,7 +290,7 @@ out:
 	store_close(store);
 	otp_key_wipe(&key);
 	if (status == 0)
-		log_write(LOG_INFO, "otpd stopped", NULL);
+		log_write(LOG_INFO, "otpd stopped", LOG_END);
 	return status;
 }
 

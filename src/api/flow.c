@@ -162,7 +162,7 @@ int flow_send(const struct api_ctx *ctx, const struct flow_send *in, int64_t *jo
 		snprintf(life, sizeof life, "%d", in->lifetime);
 		log_write(LOG_INFO, "code stored", "req", in->request_id, "channel",
 		          otp_channel_name(in->channel), "target", masked, "lifetime", life, "job", job,
-		          "delivery", cfg->dummy ? "skipped (DUMMY=true)" : req.provider, NULL);
+		          "delivery", cfg->dummy ? "skipped (DUMMY=true)" : req.provider, LOG_END);
 	}
 out:
 	if (plain != NULL) {

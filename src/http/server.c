@@ -120,7 +120,7 @@ static enum MHD_Result send_json(struct MHD_Connection *con, struct conn *c,
 		snprintf(ms, sizeof ms, "%.2f", elapsed_ms(&c->start));
 		/* The query string is never logged: it may carry a code. */
 		log_write(LOG_INFO, "request", "req", c->request_id, "method", method, "path", url,
-		          "status", status, "ms", ms, NULL);
+		          "status", status, "ms", ms, LOG_END);
 	}
 	return ret;
 }
@@ -266,7 +266,7 @@ static void on_mhd_log(void *cls, const char *fmt, va_list ap)
 	size_t n = strlen(msg);
 	while (n > 0 && msg[n - 1] == '\n')
 		msg[--n] = '\0';
-	log_write(LOG_DEBUG, "http", "detail", msg, NULL);
+	log_write(LOG_DEBUG, "http", "detail", msg, LOG_END);
 }
 
 struct http_server *http_server_start(const struct config *cfg, const struct api_ctx *api,
