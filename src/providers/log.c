@@ -32,7 +32,7 @@ static int log_send(struct provider *p, const struct otp_message *m, int64_t job
 	const char *ch = otp_channel_name(m->channel);
 
 	if (lp->show_codes) {
-		/* only the parts the message has: the first NULL key ends the list */
+		/* only the parts the message has: the first unused (NULL) key ends the list */
 		const char *opt[6] = {NULL};
 		size_t k = 0;
 		if (m->subject != NULL) {
@@ -49,7 +49,7 @@ static int log_send(struct provider *p, const struct otp_message *m, int64_t job
 		}
 		log_write(LOG_INFO, "deliver", "provider", "log", "channel", ch, "target", target,
 		          "code", code, "job", job, opt[0], opt[1], opt[2], opt[3], opt[4], opt[5],
-		          NULL);
+		          LOG_END);
 	} else {
 		size_t n = strlen(code);
 		if (n > OTP_CODE_MAX)
@@ -57,7 +57,7 @@ static int log_send(struct provider *p, const struct otp_message *m, int64_t job
 		memset(stars, '*', n);
 		stars[n] = '\0';
 		log_write(LOG_INFO, "deliver", "provider", "log", "channel", ch, "target", target,
-		          "code", stars, "job", job, NULL);
+		          "code", stars, "job", job, LOG_END);
 	}
 	r->msg_id[0] = '\0';
 	r->error[0] = '\0';
