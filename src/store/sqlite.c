@@ -23,6 +23,11 @@
  *
  * Every connection caches its prepared statements (stmt_sql[] below); a statement is
  * reset as soon as it has been read so no connection keeps a read transaction open.
+ *
+ * Erasure: secure_delete zeroes erased payloads and deleted rows in the database file.
+ * Until a checkpoint, older page images also sit in the -wal file, which SQLite reuses
+ * from its start and removes on the last close; everything secret in either file is a
+ * keyed hash or an AEAD blob anyway.
  */
 #include "store/store.h"
 
@@ -45,6 +50,7 @@
 #define WRITE_BATCH_MAX 128
 #define CHECK_CANDIDATES_MAX 1024  /* live codes of one target compared by a check */
 #define LIST_LIMIT_MAX 1000
+#define IP_MAX 64                  /* longest ip text (IPv6 with zone fits) */
 
 /* The SQL below lists the channels 0..4 where it must cover them all. */
 _Static_assert(OTP_CH_COUNT == 5, "update the channel lists in stmt_sql[]");
@@ -306,6 +312,11 @@ static void column_copy(sqlite3_stmt *st, int i, char *dst, size_t cap)
 static bool channel_valid(int ch)
 {
 	return ch >= 0 && ch < OTP_CH_COUNT;
+}
+
+static bool target_valid(const char *t)
+{
+	return t != NULL && strnlen(t, OTP_TARGET_MAX + 1) <= OTP_TARGET_MAX;
 }
 
 /* ---- connections ------------------------------------------------------------------ */
@@ -699,10 +710,12 @@ static int send_fn(struct conn *c, void *arg)
 		return OTP_ERR_STORE;
 	rc = sqlite3_bind_int(st, 1, (int)req->channel);
 	rc |= bind_text(st, 2, req->target);
-	if (rc != SQLITE_OK || (rc = stmt_exec(st)) != 0) {
+	if (rc != SQLITE_OK) {
 		stmt_done(st);
-		return rc ? db_err(rc) : 0;
+		return db_err(rc);
 	}
+	if ((rc = stmt_exec(st)) != 0)
+		return rc;
 
 	if ((st = stmt(c, ST_INSERT_JOB)) == NULL)
 		return OTP_ERR_STORE;
@@ -726,7 +739,9 @@ static int send_fn(struct conn *c, void *arg)
 static int sq_send(struct store *s, const struct store_send *req, struct store_send_result *res)
 {
 	if (req == NULL || res == NULL || !channel_valid((int)req->channel) ||
-	    req->target == NULL || req->provider == NULL ||
+	    !target_valid(req->target) ||
+	    (req->ip != NULL && strnlen(req->ip, IP_MAX + 1) > IP_MAX) ||
+	    req->provider == NULL ||
 	    strnlen(req->provider, STORE_PROVIDER_MAX) >= STORE_PROVIDER_MAX ||
 	    (!req->skip && (req->payload == NULL || req->payload_len == 0)) ||
 	    (req->sealed_code != NULL && req->sealed_code_len == 0))
@@ -887,7 +902,7 @@ static int sq_check(struct store *s, const struct store_check *req, bool *ok)
 	if (ok == NULL)
 		return OTP_ERR_INVALID;
 	*ok = false;
-	if (req == NULL || !channel_valid((int)req->channel) || req->target == NULL ||
+	if (req == NULL || !channel_valid((int)req->channel) || !target_valid(req->target) ||
 	    req->channel_mask == 0 || (req->channel_mask & ~all) != 0)
 		return OTP_ERR_INVALID;
 

@@ -1260,6 +1260,11 @@ static void test_sqlite_schema_versions_and_mode(void **state)
 	                 (int64_t)store_sqlite_migrations_count);
 	assert_int_equal(raw_int(db, "SELECT max(version) FROM schema_migrations"),
 	                 (int64_t)store_sqlite_migrations_count);
+	sqlite3_stmt *q = NULL;
+	assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA journal_mode", -1, &q, NULL), SQLITE_OK);
+	assert_int_equal(sqlite3_step(q), SQLITE_ROW);
+	assert_string_equal((const char *)sqlite3_column_text(q, 0), "wal");
+	sqlite3_finalize(q);
 	sqlite3_close(db);
 
 	struct stat st;
@@ -1357,6 +1362,26 @@ static void test_sqlite_erased_payloads_leave_no_bytes(void **state)
 	f->s = fx_open(f, 1);
 }
 
+static void test_sqlite_refuses_oversized_input(void **state)
+{
+	struct fx *f = *state;
+	if (skip_unless_sqlite(f))
+		return;
+	char long_target[OTP_TARGET_MAX + 2];
+	memset(long_target, '7', sizeof long_target - 1);
+	long_target[sizeof long_target - 1] = '\0';
+	assert_int_equal(send_code(f->s, OTP_CH_SMS, long_target, "1", T0, NULL, NULL),
+	                 OTP_ERR_INVALID);
+	bool ok = true;
+	assert_int_equal(check_code(f->s, OTP_CH_SMS, long_target, "1", T0, NULL, &ok),
+	                 OTP_ERR_INVALID);
+	assert_false(ok);
+	/* the longest allowed target is fine */
+	long_target[OTP_TARGET_MAX] = '\0';
+	send_ok(f->s, OTP_CH_SMS, long_target, "1", T0, NULL);
+	assert_true(check(f->s, OTP_CH_SMS, long_target, "1", T0 + 1, NULL));
+}
+
 static void test_sqlite_pool_of_one_under_threads(void **state)
 {
 	/* more threads than readers: callers wait for a connection, none shares one */
@@ -1416,6 +1441,7 @@ int main(void)
 		T(test_sqlite_refuses_newer_schema),
 		T(test_sqlite_open_errors),
 		T(test_sqlite_erased_payloads_leave_no_bytes),
+		T(test_sqlite_refuses_oversized_input),
 		T(test_sqlite_pool_of_one_under_threads),
 	};
 #undef T
