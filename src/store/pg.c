@@ -341,6 +341,13 @@ static void pg_errf(char *err, size_t cap, const char *what, const char *msg)
 	snprintf(err, cap, "postgresql: %s%s%s", what, len ? ": " : "", clean);
 }
 
+/* Notices ("relation ... already exists, skipping") are not ours to print. */
+static void pg_notice_ignore(void *arg, const char *message)
+{
+	(void)arg;
+	(void)message;
+}
+
 /*
  * Open one connection to `host`/`dbname` with the stored port, user and password, giving
  * up at `deadline` (monotonic ms). libpq adds what the environment says (PGSSLMODE,
@@ -384,6 +391,7 @@ static PGconn *pg_connect(const struct pg_store *s, const char *host, const char
 		PQfinish(c);
 		return NULL;
 	}
+	PQsetNoticeProcessor(c, pg_notice_ignore, NULL);
 	return c;
 }
 
