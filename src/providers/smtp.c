@@ -253,7 +253,9 @@ static void build_message(const struct smtp_provider *sp, const struct otp_messa
 	} else if (m->html != NULL) {
 		part_add(b, "text/html", m->html);
 	} else {
-		part_add(b, "text/plain", m->text);
+		/* neither part (the compat /email takes both as optional): the old service's
+		 * mail carried just the subject, and so does this one */
+		part_add(b, "text/plain", m->text ? m->text : "");
 	}
 	free(subject);
 }
@@ -314,8 +316,6 @@ static int smtp_send(struct provider *p, const struct otp_message *m, int64_t jo
 		                     otp_channel_name(m->channel));
 	if (m->target == NULL || !addr_ok(m->target))
 		return provider_fail(r, OTP_ERR_PERMANENT, "not a deliverable email address");
-	if (m->text == NULL && m->html == NULL)
-		return provider_fail(r, OTP_ERR_PERMANENT, "email without text or html");
 
 	build_message(sp, m, job_id, time(NULL), &msg, msgid, sizeof msgid);
 	if (msg.failed) {
@@ -449,7 +449,9 @@ static int parse_from(struct smtp_provider *sp, const char *from, char *err, siz
 	if (name[0] == '\0') {
 		provider_buf_adds(&h, sp->from_addr);
 	} else {
-		if (plain_ascii(name, 60)) {
+		if (plain_ascii(name, 60) && strpbrk(name, "()<>[]:;@\\,.\"") == NULL) {
+			provider_buf_adds(&h, name); /* an atom phrase: no quoting needed */
+		} else if (plain_ascii(name, 60)) {
 			provider_buf_adds(&h, "\"");
 			for (const char *c = name; *c; c++) {
 				if (*c == '"' || *c == '\\')

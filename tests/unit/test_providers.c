@@ -922,12 +922,13 @@ static void test_webhook(void **state)
 
 /* ---- smtp ------------------------------------------------------------------------------- */
 
-static struct config *smtp_config(const struct fake *f, const char *starttls, const char *user,
-                                  const char *password)
+static struct config *smtp_config_from(const struct fake *f, const char *from,
+                                       const char *starttls, const char *user,
+                                       const char *password)
 {
 	struct env e = {0};
 	env_set(&e, "OTPD_SMTP_URL", "smtp://127.0.0.1:%d", f->port);
-	env_set(&e, "OTPD_SMTP_FROM", "Example OTP <otp@example.com>");
+	env_set(&e, "OTPD_SMTP_FROM", "%s", from);
 	if (starttls)
 		env_set(&e, "OTPD_SMTP_STARTTLS", "%s", starttls);
 	if (user)
@@ -935,6 +936,12 @@ static struct config *smtp_config(const struct fake *f, const char *starttls, co
 	if (password)
 		env_set(&e, "OTPD_SMTP_PASSWORD", "%s", password);
 	return env_config(&e);
+}
+
+static struct config *smtp_config(const struct fake *f, const char *starttls, const char *user,
+                                  const char *password)
+{
+	return smtp_config_from(f, "Example OTP <otp@example.com>", starttls, user, password);
 }
 
 /* The value of header `name` in a message (first occurrence; unfolded), or NULL. */
@@ -1072,7 +1079,7 @@ static void test_smtp_plain_message(void **state)
 	assert_string_equal(h + 25, " +0000");
 	free(h);
 	assert_non_null(h = mail_header(data, "From"));
-	assert_string_equal(h, "\"Example OTP\" <otp@example.com>");
+	assert_string_equal(h, "Example OTP <otp@example.com>");
 	free(h);
 	assert_non_null(h = mail_header(data, "To"));
 	assert_string_equal(h, "user@example.org");
@@ -1107,14 +1114,29 @@ static void test_smtp_plain_message(void **state)
 	assert_int_equal(provider_send(p, &m, 12, &r), 0);
 	assert_string_equal(r.msg_id, first);
 
+	/* no text and no html (compat /email allows it): a mail with the subject only */
+	struct otp_message bare = m;
+	bare.text = NULL;
+	assert_int_equal(provider_send(p, &bare, 20, &r), 0);
+	json_t *all = fake_records(&f);
+	assert_int_equal(json_array_size(all), 3);
+	data = rec_body(json_array_get(all, 2), &len);
+	assert_crlf_only(data, len);
+	assert_non_null(h = mail_header(data, "Content-Type"));
+	assert_string_equal(h, "text/plain; charset=UTF-8");
+	free(h);
+	assert_string_equal(strstr(data, "\r\n\r\n"), "\r\n\r\n"); /* empty body */
+	free(data);
+	json_decref(all);
+
 	/* a target that would add a header or a recipient is refused, nothing sent */
 	struct otp_message bad = m;
 	bad.target = (char *)"user@example.org\r\nBcc: x@example.net";
 	assert_int_equal(provider_send(p, &bad, 13, &r), OTP_ERR_PERMANENT);
 	bad.target = (char *)"<user@example.org>";
 	assert_int_equal(provider_send(p, &bad, 13, &r), OTP_ERR_PERMANENT);
-	json_t *all = fake_records(&f);
-	assert_int_equal(json_array_size(all), 2);
+	all = fake_records(&f);
+	assert_int_equal(json_array_size(all), 3);
 	json_decref(all);
 	struct otp_message sms = msg(OTP_CH_SMS, "77011234567", "1", "x");
 	assert_int_equal(provider_send(p, &sms, 14, &r), OTP_ERR_PERMANENT);
@@ -1129,7 +1151,7 @@ static void test_smtp_mime(void **state)
 	(void)state;
 	struct fake f;
 	fake_start(&f, "smtp", "--starttls", NULL);
-	struct config *c = smtp_config(&f, "off", NULL, NULL);
+	struct config *c = smtp_config_from(&f, "Служба «Код» <otp@example.com>", "off", NULL, NULL);
 	struct provider *p = must_new("smtp", c);
 	struct provider_result r;
 	const char *subject = "Код подтверждения: 4321 — вход в личный кабинет компании";
@@ -1151,10 +1173,20 @@ static void test_smtp_mime(void **state)
 	char *data = rec_body(rec, &len);
 	assert_crlf_only(data, len);
 
-	/* the subject: encoded-words, folded, each line short, decoding to the original */
-	char *h = mail_header(data, "Subject");
+	assert_string_equal(rec_str(rec, "mail_from"), "otp@example.com");
+	char *h = mail_header(data, "From");
 	assert_non_null(h);
+	assert_true(strncmp(h, "=?UTF-8?B?", 10) == 0);
 	char *dec = decode_words(h);
+	assert_string_equal(dec, "Служба «Код»");
+	free(dec);
+	assert_string_equal(h + strlen(h) - 18, " <otp@example.com>");
+	free(h);
+
+	/* the subject: encoded-words, folded, each line short, decoding to the original */
+	h = mail_header(data, "Subject");
+	assert_non_null(h);
+	dec = decode_words(h);
 	assert_string_equal(dec, subject);
 	free(dec);
 	free(h);
@@ -1251,11 +1283,17 @@ static void test_smtp_classification(void **state)
 	assert_clean_error(&r, "12345", "wrong-pass");
 	config_free(c);
 	provider_free(p);
-	c = smtp_config(&f, "try", "mailer", "right"); /* AUTH LOGIN works too */
+	/* AUTH LOGIN works too; a display name with specials is quoted */
+	c = smtp_config_from(&f, "\"Example, Inc.\" <otp@example.com>", "try", "mailer", "right");
 	p = must_new("smtp", c);
 	assert_int_equal(provider_send(p, &m, 1, &r), 0);
 	json_t *rec = only_record(&f);
 	assert_string_equal(rec_str(json_object_get(rec, "auth"), "mech"), "LOGIN");
+	char *data = rec_body(rec, NULL);
+	char *from = mail_header(data, "From");
+	assert_string_equal(from, "\"Example, Inc.\" <otp@example.com>");
+	free(from);
+	free(data);
 	json_decref(rec);
 	provider_free(p);
 	config_free(c);
