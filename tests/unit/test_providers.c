@@ -33,6 +33,9 @@
 
 /* ---- the fakes ------------------------------------------------------------------- */
 
+/* End of fake_start's argument list: a pointer-typed NULL for the variadic list. */
+#define ARGS_END ((const char *)0)
+
 struct fake {
 	pid_t pid;
 	int port;
@@ -274,7 +277,7 @@ static void assert_clean_error(const struct provider_result *r, const char *code
 static int closed_port(void)
 {
 	struct fake f;
-	fake_start(&f, "http", NULL);
+	fake_start(&f, "http", ARGS_END);
 	int port = f.port;
 	fake_stop(&f);
 	return port;
@@ -441,7 +444,7 @@ static void test_queue_bodies(void **state)
 {
 	(void)state;
 	struct fake f;
-	fake_start(&f, "http", NULL);
+	fake_start(&f, "http", ARGS_END);
 	struct config *c = queue_config(&f);
 	struct provider *p = must_new("queue", c);
 	struct provider_result r;
@@ -511,7 +514,7 @@ static void test_queue_classification(void **state)
 	           "{\"status\":429,\"times\":1},{\"status\":408,\"times\":1},"
 	           "{\"status\":400,\"times\":1,\"body\":\"12345 rejected\"},{\"status\":404,\"times\":1},"
 	           "{\"status\":301,\"times\":1},{\"status\":201,\"times\":1},{\"status\":200}]",
-	           NULL);
+	           ARGS_END);
 	struct config *c = queue_config(&f);
 	struct provider *p = must_new("queue", c);
 	const int want[] = {OTP_ERR_PROVIDER, OTP_ERR_PROVIDER, OTP_ERR_PROVIDER, OTP_ERR_PROVIDER,
@@ -549,7 +552,7 @@ static void test_transport_errors(void **state)
 
 	/* an answer slower than OTPD_PROVIDER_TIMEOUT: retry */
 	struct fake f;
-	fake_start(&f, "http", "--script", "[{\"status\":200,\"delay\":5}]", NULL);
+	fake_start(&f, "http", "--script", "[{\"status\":200,\"delay\":5}]", ARGS_END);
 	struct env e2 = {0};
 	env_set(&e2, "OTP_QUEUE_URL", "%s", f.url);
 	env_set(&e2, "OTPD_PROVIDER_TIMEOUT", "1");
@@ -575,7 +578,7 @@ static void test_telegram_notify(void **state)
 	           "{\"status\":200,\"times\":1,\"body\":\"ok\"},"
 	           "{\"status\":500,\"times\":1,\"body\":\"telegram: 12345 boom\"},"
 	           "{\"status\":502,\"times\":1},{\"status\":401,\"times\":1,\"body\":\"bad token\"}]",
-	           NULL);
+	           ARGS_END);
 	struct env e = {0};
 	env_set(&e, "OTP_TELEGRAM_URL", "%s", f.url);
 	env_set(&e, "OTP_TELEGRAM_APP_TOKEN", "s3cret-app-token");
@@ -628,7 +631,7 @@ static void test_telegram_bot(void **state)
 	           "\"description\":\"Forbidden: bot was blocked by the user\"}},"
 	           "{\"times\":1,\"status\":502,\"body\":\"Bad Gateway\"},"
 	           "{\"times\":1,\"status\":200,\"json\":{\"ok\":false}}]",
-	           NULL);
+	           ARGS_END);
 	struct env e = {0};
 	env_set(&e, "OTPD_TELEGRAM_API_URL", "%s", f.url);
 	env_set(&e, "OTPD_TELEGRAM_BOT_TOKEN", "%s", token);
@@ -725,7 +728,7 @@ static void test_twilio(void **state)
 	           "\"status\":400}},"
 	           "{\"times\":1,\"status\":429,\"json\":{\"code\":20429,\"message\":\"Too Many Requests\"}},"
 	           "{\"times\":1,\"status\":401,\"json\":{\"code\":20003,\"message\":\"Authenticate\"}}]",
-	           NULL);
+	           ARGS_END);
 	struct env e = {0};
 	env_set(&e, "OTPD_TWILIO_BASE_URL", "%s", f.url);
 	env_set(&e, "OTPD_TWILIO_ACCOUNT_SID", "AC0123abcd");
@@ -815,7 +818,7 @@ static void test_whatsapp(void **state)
 	           "{\"times\":1,\"status\":401,\"json\":{\"error\":{\"message\":\"Error validating "
 	           "access token\",\"type\":\"OAuthException\",\"code\":190}}},"
 	           "{\"times\":1,\"status\":500,\"json\":{\"error\":{\"code\":131000}}}]",
-	           NULL);
+	           ARGS_END);
 	struct env e = {0};
 	env_set(&e, "OTPD_WHATSAPP_BASE_URL", "%s/v19.0", f.url);
 	env_set(&e, "OTPD_WHATSAPP_TOKEN", "EAAG-wa-token");
@@ -866,7 +869,7 @@ static void test_webhook(void **state)
 	           "[{\"times\":1,\"status\":202,\"json\":{\"id\":\"hook-1\"}},"
 	           "{\"times\":1,\"status\":204},"
 	           "{\"times\":1,\"status\":500},{\"times\":1,\"status\":410}]",
-	           NULL);
+	           ARGS_END);
 	const char *secret = "whsec-0123456789";
 	struct env e = {0};
 	env_set(&e, "OTPD_WEBHOOK_URL", "%s/hooks/otp?src=otpd", f.url);
@@ -1046,7 +1049,7 @@ static void test_smtp_plain_message(void **state)
 {
 	(void)state;
 	struct fake f;
-	fake_start(&f, "smtp", "--auth", "mailer:pw-smtp", "--starttls", NULL);
+	fake_start(&f, "smtp", "--auth", "mailer:pw-smtp", "--starttls", ARGS_END);
 	struct config *c = smtp_config(&f, NULL, "mailer", "pw-smtp");
 	struct provider *p = must_new("smtp", c);
 	struct provider_result r;
@@ -1150,7 +1153,7 @@ static void test_smtp_mime(void **state)
 {
 	(void)state;
 	struct fake f;
-	fake_start(&f, "smtp", "--starttls", NULL);
+	fake_start(&f, "smtp", "--starttls", ARGS_END);
 	struct config *c = smtp_config_from(&f, "Служба «Код» <otp@example.com>", "off", NULL, NULL);
 	struct provider *p = must_new("smtp", c);
 	struct provider_result r;
@@ -1262,7 +1265,7 @@ static void test_smtp_classification(void **state)
 	/* RCPT refused for good, then a temporary DATA refusal */
 	fake_start(&f, "smtp", "--rcpt-reply", "550 5.1.1 <user@example.org>: 12345 unknown",
 	           "--rcpt-reply", "250 2.1.5 Ok", "--data-reply", "451 4.3.0 Try again later",
-	           "--data-reply", "250 2.0.0 Ok", NULL);
+	           "--data-reply", "250 2.0.0 Ok", ARGS_END);
 	struct config *c = smtp_config(&f, "try", NULL, NULL);
 	struct provider *p = must_new("smtp", c);
 	assert_int_equal(provider_send(p, &m, 1, &r), OTP_ERR_PERMANENT);
@@ -1276,7 +1279,7 @@ static void test_smtp_classification(void **state)
 	fake_stop(&f);
 
 	/* wrong password: permanent, and the password is not in the error */
-	fake_start(&f, "smtp", "--auth", "mailer:right", "--auth-mechs", "LOGIN", NULL);
+	fake_start(&f, "smtp", "--auth", "mailer:right", "--auth-mechs", "LOGIN", ARGS_END);
 	c = smtp_config(&f, "try", "mailer", "wrong-pass");
 	p = must_new("smtp", c);
 	assert_int_equal(provider_send(p, &m, 1, &r), OTP_ERR_PERMANENT);
@@ -1300,7 +1303,7 @@ static void test_smtp_classification(void **state)
 	fake_stop(&f);
 
 	/* STARTTLS required but the server cannot: permanent, nothing sent in clear */
-	fake_start(&f, "smtp", "--starttls", NULL);
+	fake_start(&f, "smtp", "--starttls", ARGS_END);
 	c = smtp_config(&f, "require", NULL, NULL);
 	p = must_new("smtp", c);
 	assert_int_equal(provider_send(p, &m, 1, &r), OTP_ERR_PERMANENT);
