@@ -174,7 +174,7 @@ static const struct pg_stmt_def pg_stmts[PS_COUNT_] = {
 	 * counts against call codes too). */
 	[PS_PURGE_ATTEMPTS] = {"otpd_purge_attempts",
 		"WITH d AS (DELETE FROM otpd_attempt a WHERE NOT EXISTS (SELECT 1 FROM otpd_code c "
-		"WHERE c.target = a.target AND c.expire_at > $1::bigint AND NOT c.void "
+		"WHERE c.target = a.target AND c.expire_at >= $1::bigint AND NOT c.void "
 		"AND NOT c.consumed) RETURNING 1) SELECT count(*) FROM d"},
 	[PS_PURGE_JOBS] = {"otpd_purge_jobs",
 		"WITH d AS (DELETE FROM otpd_outbox WHERE state IN ('sent', 'dead', 'skipped') "
