@@ -149,10 +149,16 @@ static int twilio_send(struct provider *p, const struct otp_message *m, int64_t 
 		return provider_fail(r, OTP_ERR_PERMANENT, "phone number is not digits");
 	snprintf(to, sizeof to, "+%s", digits);
 
+	/* OTPD_TWILIO_FROM is a number, or a Messaging Service (MG + 32 hex) which Twilio
+	 * takes as MessagingServiceSid and which cannot place calls */
+	bool service = strncmp(cfg->twilio_from, "MG", 2) == 0;
+	if (service && m->channel == OTP_CH_CALL)
+		return provider_fail(r, OTP_ERR_PERMANENT, "OTPD_TWILIO_FROM is a messaging service: "
+		                     "calls need a phone number");
 	provider_buf_init(&form, TWILIO_BODY_MAX);
 	provider_buf_init(&doc, TWILIO_BODY_MAX);
 	form_add(&form, "To", to);
-	form_add(&form, "From", cfg->twilio_from);
+	form_add(&form, service ? "MessagingServiceSid" : "From", cfg->twilio_from);
 	if (m->channel == OTP_CH_SMS) {
 		url = tp->messages_url;
 		form_add(&form, "Body", m->text ? m->text : m->code);

@@ -799,6 +799,26 @@ static void test_twilio(void **state)
 	provider_free(p);
 	config_free(c);
 	fake_stop(&f);
+
+	/* a Messaging Service as sender: MessagingServiceSid, and no calls */
+	fake_start(&f, "http", "--script", "[{\"status\":201,\"json\":{\"sid\":\"SM9\"}}]",
+	           ARGS_END);
+	struct env e2 = {0};
+	env_set(&e2, "OTPD_TWILIO_BASE_URL", "%s", f.url);
+	env_set(&e2, "OTPD_TWILIO_ACCOUNT_SID", "AC0123abcd");
+	env_set(&e2, "OTPD_TWILIO_AUTH_TOKEN", "tw-auth-token");
+	env_set(&e2, "OTPD_TWILIO_FROM", "MG0123");
+	c = env_config(&e2);
+	p = must_new("twilio", c);
+	assert_int_equal(provider_send(p, &sms, 1, &r), 0);
+	assert_int_equal(provider_send(p, &call, 2, &r), OTP_ERR_PERMANENT);
+	assert_non_null(strstr(r.error, "OTPD_TWILIO_FROM"));
+	rec = only_record(&f);
+	assert_body(rec, "To=%2B77011234567&MessagingServiceSid=MG0123&Body=Your%20code%20is%2012345");
+	json_decref(rec);
+	provider_free(p);
+	config_free(c);
+	fake_stop(&f);
 }
 
 /* ---- whatsapp ---------------------------------------------------------------------------- */
