@@ -26,6 +26,7 @@
 #include "http/server.h"
 #include "log.h"
 #include "outbox/outbox.h"
+#include "store/legacy.h"
 #include "store/store.h"
 
 #define KEY_FILE "secret.key"
@@ -48,6 +49,10 @@ static void usage(FILE *f)
 	        "  (none)                 serve HTTP (configured by environment variables)\n"
 	        "  --check-config         validate the configuration, print it, exit 0 or 2\n"
 	        "  migrate                apply pending database migrations and exit\n"
+	        "  migrate-from-legacy [CONNINFO] [--schema S] [--timezone Z]\n"
+	        "                         import the old service's otp_limit rules and live\n"
+	        "                         otp_password codes from PostgreSQL (default: the\n"
+	        "                         database and schema of PG_*), into otpd's store\n"
 	        "  --help, --version\n"
 	        "Environment variables:\n");
 	for (size_t i = 0; i < config_var_count(); i++) {
@@ -313,6 +318,74 @@ static int migrate(const struct config *cfg)
 	return 0;
 }
 
+/* otpd migrate-from-legacy [CONNINFO] [--schema S] [--timezone Z] */
+static int migrate_from_legacy(const struct config *cfg, int argc, char **argv)
+{
+	char err[8192] = "";
+	struct store_legacy_source src = {.seal_codes = cfg->password_readback};
+	for (int i = 2; i < argc; i++) {
+		if ((strcmp(argv[i], "--schema") == 0 || strcmp(argv[i], "--timezone") == 0) &&
+		    i + 1 < argc) {
+			if (strcmp(argv[i], "--schema") == 0)
+				src.schema = argv[++i];
+			else
+				src.timezone = argv[++i];
+		} else if (argv[i][0] != '-' && src.conninfo == NULL) {
+			src.conninfo = argv[i];
+		} else {
+			fprintf(stderr, "otpd: migrate-from-legacy: unexpected argument '%s'\n", argv[i]);
+			return 2;
+		}
+	}
+	if (src.conninfo == NULL) {
+		if (cfg->pg_host == NULL) {
+			fprintf(stderr, "otpd: migrate-from-legacy: name the old database, e.g.\n"
+			                "  otpd migrate-from-legacy 'host=old-db dbname=otp user=otp'\n"
+			                "or set PG_* to it (the old tables may share otpd's database)\n");
+			return 2;
+		}
+		src.host = cfg->pg_host;
+		src.port = cfg->pg_port;
+		src.database = cfg->pg_database;
+		src.user = cfg->pg_user;
+		src.password = cfg->pg_password;
+		if (src.schema == NULL)
+			src.schema = cfg->pg_schema;
+	}
+	if (cfg->pg_host == NULL && mkdir(cfg->data_dir, 0700) != 0 && errno != EEXIST) {
+		fprintf(stderr, "otpd: OTPD_DATA_DIR: cannot create %s: %s\n", cfg->data_dir,
+		        strerror(errno));
+		return 2;
+	}
+	uint8_t master[OTP_KEY_LEN];
+	struct otp_key key;
+	if (load_key(cfg, master, err, sizeof err) != 0) {
+		fprintf(stderr, "otpd: %s\n", err);
+		return 2;
+	}
+	otp_key_init(&key, master);
+	sodium_memzero(master, sizeof master);
+	struct store *store = open_store(cfg, err, sizeof err);
+	if (store == NULL) {
+		fprintf(stderr, "otpd: store: %s\n", err);
+		otp_key_wipe(&key);
+		return 1;
+	}
+	struct store_legacy_counts n = {0};
+	int rc = store_legacy_import(store, &src, &key, now_unix(), &n, err, sizeof err);
+	store_close(store);
+	otp_key_wipe(&key);
+	if (rc != 0) {
+		fprintf(stderr, "otpd: migrate-from-legacy: %s\n", err[0] ? err : otp_err_name(rc));
+		return 1;
+	}
+	printf("imported %lld limit rules (%lld skipped), %lld live codes (%lld already present, "
+	       "%lld skipped)\n",
+	       (long long)n.rules, (long long)n.rules_skipped, (long long)n.codes,
+	       (long long)n.codes_present, (long long)n.codes_skipped);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	const char *cmd = argc > 1 ? argv[1] : NULL;
@@ -324,7 +397,8 @@ int main(int argc, char **argv)
 		printf("otpd 0.1.0\n");
 		return 0;
 	}
-	if (cmd != NULL && strcmp(cmd, "--check-config") != 0 && strcmp(cmd, "migrate") != 0) {
+	if (cmd != NULL && strcmp(cmd, "--check-config") != 0 && strcmp(cmd, "migrate") != 0 &&
+	    strcmp(cmd, "migrate-from-legacy") != 0) {
 		fprintf(stderr, "otpd: unknown command '%s'\n", cmd);
 		usage(stderr);
 		return 2;
@@ -353,6 +427,8 @@ int main(int argc, char **argv)
 	int status;
 	if (cmd != NULL && strcmp(cmd, "migrate") == 0) {
 		status = migrate(cfg);
+	} else if (cmd != NULL && strcmp(cmd, "migrate-from-legacy") == 0) {
+		status = migrate_from_legacy(cfg, argc, argv);
 	} else {
 		/* Block the signals before any thread exists so every thread inherits the mask
 		 * and only sigwait() in serve() receives them. */
