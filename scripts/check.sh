@@ -30,7 +30,7 @@ step "unit tests"
 meson test -C "$BUILD" --print-errorlogs
 
 step "API tests (SQLite and PostgreSQL)"
-OTPD_BIN="$BUILD/otpd" $PY -m pytest -q -p no:cacheprovider tests/api
+OTPD_BIN="$BUILD/otpd" $PY -m pytest -q -p no:cacheprovider tests/fakes tests/api
 
 step "sanitizer build ($ASAN_BUILD: address,undefined)"
 [ -f "$ASAN_BUILD/build.ninja" ] || meson setup "$ASAN_BUILD" -Dwerror=true \
