@@ -18,15 +18,19 @@
  *     otp_code_hash / otp_lookup_hash, and stored by store_send with skip=true: the code
  *     is checkable at once and its job is recorded as "skipped" with provider "legacy"
  *     (nothing is delivered again). Channel 3, telegram (found only in the old service's
- *     docs), is imported as telegram with the chat id as the API writes it. created_at becomes the send time so the imported
- *     codes count in the sliding limit windows as they did in the old service. A live
- *     code that is already in the store (same channel, target and code: a second run) is
- *     counted as present and not written again.
+ *     docs), is imported as telegram with the chat id as the API writes it.
+ *     created_at becomes the send time so the imported codes count in the sliding limit
+ *     windows as they did in the old service. A live code that is already in the store
+ *     (same channel, target and code: a second run) is counted as present and not
+ *     written again; the store is asked through find_target, which sees the newest code
+ *     of a (channel, code) only, so when several targets had the same code a second run
+ *     may write the older ones again (harmless for checks; they count twice in limit
+ *     windows).
  *   - The timestamp columns have no time zone: they are read in `timezone`, or in the old
  *     server's TimeZone setting (how the old service compared them with NOW()).
  * Limits are cleared for sms, email and call while the codes are written (so no rule
  * refuses an imported code) and set last; when the import of codes fails, the old rules
- * are still set before the error is returned. Running it again is safe.
+ * are still set before the error is returned, so running it again is the remedy.
  *
  * Usage, as `otpd migrate-from-legacy` does it (main.c):
  *

@@ -531,7 +531,7 @@ static void test_race_claims(void **state)
 	struct race rs[8], total;
 	race_run(a, b, 6, RACE_CLAIM, NULL, 8, rs, &total);
 	assert_int_equal(total.failed, 0);
-	int64_t all[JOBS + 8 * 256];
+	int64_t all[JOBS + 8 * 256] = {0};
 	int n = 0;
 	for (int i = 0; i < 6; i++) {
 		for (int j = 0; j < rs[i].n_claimed; j++)
@@ -776,19 +776,12 @@ static int check_real(struct store *s, const struct otp_key *key, enum otp_chann
 	return store_check(s, &q, ok);
 }
 
-static void test_legacy_import(void **state)
+/* The old service's tables in schema `lq` (quoted), as it created them, with live,
+ * expired and unusable rows and rules, some of which otpd refuses. */
+static void legacy_tables(PGconn *c, const char *lq)
 {
-	(void)state;
-	NEED_PG();
-	char legacy[64], schema[64], lq[160], sql[2048];
-	unique_name(legacy, sizeof legacy, "legacy Otp");
-	unique_name(schema, sizeof schema, "otpd import");
-	struct otp_key key;
-	test_key(&key);
-
+	char sql[2048];
 	/* the old service's tables, as it created them */
-	PGconn *c = admin_connect(NULL);
-	quote_ident(c, legacy, lq, sizeof lq);
 	snprintf(sql, sizeof sql,
 	         "CREATE SCHEMA %s;"
 	         "CREATE TABLE %s.otp_password (id serial PRIMARY KEY, channel int2 NOT NULL, "
@@ -816,6 +809,21 @@ static void test_legacy_import(void **state)
 	         lq, lq);
 #undef TS
 	admin_exec(c, sql);
+}
+
+static void test_legacy_import(void **state)
+{
+	(void)state;
+	NEED_PG();
+	char legacy[64], schema[64], lq[160];
+	unique_name(legacy, sizeof legacy, "legacy Otp");
+	unique_name(schema, sizeof schema, "otpd import");
+	struct otp_key key;
+	test_key(&key);
+
+	PGconn *c = admin_connect(NULL);
+	quote_ident(c, legacy, lq, sizeof lq);
+	legacy_tables(c, lq);
 
 	struct store *s = open_store(schema, 2);
 	/* rules otpd already had: sms's are replaced, telegram's stay */
@@ -923,6 +931,64 @@ static void test_legacy_import(void **state)
 	drop_schema(legacy);
 }
 
+/* The import writes through store.h only: into the SQLite backend just the same. */
+static void test_legacy_import_into_sqlite(void **state)
+{
+	(void)state;
+	NEED_PG();
+	char legacy[64], lq[160], dir[128], path[192], err[512] = "";
+	unique_name(legacy, sizeof legacy, "legacy sqlite");
+	struct otp_key key;
+	test_key(&key);
+	PGconn *c = admin_connect(NULL);
+	quote_ident(c, legacy, lq, sizeof lq);
+	legacy_tables(c, lq);
+
+	const char *tmp = getenv("TMPDIR");
+	snprintf(dir, sizeof dir, "%s/otpd-legacy-XXXXXX", tmp && tmp[0] ? tmp : "/tmp");
+	assert_non_null(mkdtemp(dir));
+	snprintf(path, sizeof path, "%s/otpd.db", dir);
+	struct store *s = store_sqlite_open(path, 2, err, sizeof err);
+	if (s == NULL)
+		fail_msg("store_sqlite_open: %s", err);
+
+	struct store_legacy_source src = {
+		.host = env.host, .port = env.port, .database = env.database,
+		.user = env.user, .password = env.password, .schema = legacy,
+		.timezone = "UTC",
+	};
+	struct store_legacy_counts n;
+	if (store_legacy_import(s, &src, &key, NOW, &n, err, sizeof err) != 0)
+		fail_msg("import: %s", err);
+	assert_int_equal(n.rules, 4);
+	assert_int_equal(n.codes, 4);
+	assert_int_equal(n.codes_skipped, 2);
+	bool ok = false;
+	assert_int_equal(check_real(s, &key, OTP_CH_SMS, OTP_CH_BIT(OTP_CH_SMS), "77010000001",
+	                            "12345", &ok), 0);
+	assert_true(ok);
+	/* not sealed unless asked */
+	uint8_t *sealed = NULL;
+	size_t sealed_len = 0;
+	assert_int_equal(store_find_sealed_code(s, "77010000001", NOW, &sealed, &sealed_len),
+	                 OTP_ERR_NOT_FOUND);
+	struct store_limits lim;
+	assert_int_equal(store_get_limits(s, OTP_CH_SMS, &lim), 0);
+	assert_int_equal(lim.n, 2);
+	assert_int_equal(lim.rules[0].kind, OTP_LIMIT_IP);
+
+	store_close(s);
+	static const char *const suffix[] = {"", "-wal", "-shm"};
+	for (size_t i = 0; i < 3; i++) {
+		char p[224];
+		snprintf(p, sizeof p, "%s%s", path, suffix[i]);
+		unlink(p);
+	}
+	rmdir(dir);
+	PQfinish(c);
+	drop_schema(legacy);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -936,6 +1002,7 @@ int main(void)
 		cmocka_unit_test(test_reconnect_after_terminate),
 		cmocka_unit_test(test_reconnect_after_restart),
 		cmocka_unit_test(test_legacy_import),
+		cmocka_unit_test(test_legacy_import_into_sqlite),
 	};
 	return cmocka_run_group_tests(tests, group_setup, NULL);
 }
