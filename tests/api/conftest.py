@@ -33,6 +33,7 @@ uniq                 fresh values: uniq.phone(), .email(), .chat_id(), .code(dig
 Otpd (tests/api/otpdlib.py)
 ---------------------------
   .base / .url(path) / .port / .data_dir / .env / .backend / .schema
+  .auth = (user, password)   Basic auth sent by every request that gives none
   .request(method, path, body=None, **requests_kwargs)  body sent as JSON whatever the
       method (seed style GET with a JSON body); params=, data=, headers=, auth= pass on.
   .get(path, body=None, **kw), .post(path, body=None, **kw)

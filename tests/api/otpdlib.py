@@ -229,19 +229,33 @@ def pg_settings():
     }
 
 
-def _psql():
-    found = shutil.which("psql")
+def _pg_tool(name):
+    found = shutil.which(name)
     if found:
         return found
     for d in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
-        if (d / "psql").exists():
-            return str(d / "psql")
+        if (d / name).exists():
+            return str(d / name)
     return None
+
+
+def pg_dump_schema(pg, schema):
+    """Every row of a schema as pg_dump's text (bytes), or None without pg_dump."""
+    tool = _pg_tool("pg_dump")
+    if tool is None:
+        return None
+    env = base_env()
+    if pg.get("password"):
+        env["PGPASSWORD"] = pg["password"]
+    return subprocess.run(
+        [tool, "-h", pg["host"], "-p", str(pg["port"]), "-U", pg["user"], "-d", pg["database"],
+         "-n", schema, "--data-only", "--inserts"],
+        env=env, capture_output=True, timeout=120, check=True).stdout
 
 
 def pg_sql(pg, sql):
     """Run one SQL statement on the test server with psql (None if psql is missing)."""
-    psql = _psql()
+    psql = _pg_tool("psql")
     if psql is None:
         return None
     env = base_env()
@@ -284,6 +298,7 @@ class Otpd:
         self.env.update({k: str(v) for k, v in (env or {}).items()})
         self.port = None
         self.proc = None
+        self.auth = None  # (user, password) sent by request() when the call gives none
         self.runs = []
         self.exit_codes = []
 
@@ -439,8 +454,12 @@ class Otpd:
     def request(self, method, path, body=None, **kw):
         """requests.request with a timeout; `body` (any JSON value) is sent as JSON
         (json.dumps) in the body, whatever the method (the seed docs send GET with a JSON
-        body). Other keywords go to requests (params=, data=, headers=, auth=...)."""
+        body). Other keywords go to requests (params=, data=, headers=, auth=...); without
+        auth= (or an Authorization header), self.auth is used when set."""
         kw.setdefault("timeout", HTTP_TIMEOUT)
+        if self.auth is not None and "auth" not in kw and "Authorization" not in (
+                kw.get("headers") or {}):
+            kw["auth"] = self.auth
         if body is not None:
             kw["data"] = json.dumps(body)
             headers = dict(kw.get("headers") or {})
