@@ -8,7 +8,7 @@ PKGS=(
   build-essential pkg-config meson ninja-build
   libmicrohttpd-dev libjansson-dev libsqlite3-dev libsodium-dev
   libcurl4-openssl-dev libpq-dev libcmocka-dev
-  python3 python3-pytest python3-requests
+  python3 python3-pytest python3-requests python3-yaml
   postgresql sqlite3 curl
 )
 # Extra tools for `make check` / `make bench` / fuzzing.
