@@ -22,7 +22,7 @@
 #define LEGACY_PROVIDER "legacy"
 #define LEGACY_REQUEST_ID "legacy-import"
 #define LEGACY_CHANNELS 3               /* sms, email, call: the old service's limits */
-#define LEGACY_IP_MAX 255
+#define LEGACY_IP_MAX 64              /* longer: stored without ip */
 #define LEGACY_SQL_MAX 1024
 
 struct legacy_rules {
@@ -206,8 +206,8 @@ struct legacy_ctx {
 /* Import row i of a FETCH (channel, target, password, ip, expire_at, created_at). */
 static int legacy_code(const struct legacy_ctx *x, PGresult *r, int i)
 {
-	char target[OTP_TARGET_MAX], code[OTP_CODE_MAX + 1], ip[LEGACY_IP_MAX + 1];
-	char found[OTP_TARGET_MAX];
+	char target[OTP_TARGET_MAX + 1], code[OTP_CODE_MAX + 1], ip[LEGACY_IP_MAX + 1];
+	char found[OTP_TARGET_MAX + 1];
 	uint8_t sealed[OTP_CODE_MAX + OTP_SEAL_OVERHEAD];
 	int64_t ch = -1, expire_at = 0, created_at = 0;
 	struct store_send req;

@@ -50,6 +50,7 @@
 #define PG_PARAMS_MAX 12
 #define PG_ARRAY_MAX 1536          /* "{...}" of PG_RULES_MAX 64-bit integers */
 #define PG_LIST_MAX 1000
+#define PG_IP_MAX 64               /* longest ip text, as sqlite.c */
 /* pg_advisory_xact_lock(int4, int4) key of the migration runner: "otpd", 1. The
  * one-argument bigint locks of sends and checks live in a separate key space. */
 #define PG_MIGRATE_LOCK "SELECT pg_advisory_xact_lock(1869901924, 1)"
@@ -253,8 +254,8 @@ static void pg_pause_ms(int ms)
 	}
 }
 
-/* Copy at most cap-1 bytes of `in`, keeping whole UTF-8 sequences and turning bytes that
- * are not valid UTF-8 into '?', so a provider's error text can always be stored. */
+/* Length of the valid UTF-8 sequence at p (1..4), or 0 when p does not start one.
+ * Never reads past a NUL (it is not a continuation byte). */
 static size_t pg_utf8_seq(const unsigned char *p)
 {
 	unsigned char c = p[0];
@@ -288,6 +289,8 @@ static size_t pg_utf8_seq(const unsigned char *p)
 	return len;
 }
 
+/* Copy at most cap-1 bytes of `in`, keeping whole UTF-8 sequences and turning bytes that
+ * are not valid UTF-8 into '?', so a provider's error text can always be stored. */
 static void pg_text_clean(char *out, size_t cap, const char *in)
 {
 	size_t o = 0;
@@ -763,7 +766,8 @@ static bool pg_channel_ok(int ch)
 
 static bool pg_target_ok(const char *t)
 {
-	return t != NULL && t[0] != '\0' && strlen(t) < OTP_TARGET_MAX && pg_utf8_valid(t);
+	return t != NULL && t[0] != '\0' && strnlen(t, OTP_TARGET_MAX + 1) <= OTP_TARGET_MAX &&
+	       pg_utf8_valid(t);
 }
 
 /* ---- limits ----------------------------------------------------------------------- */
@@ -987,7 +991,8 @@ static int pg_send(struct store *st, const struct store_send *req, struct store_
 		return OTP_ERR_INVALID;
 	memset(res, 0, sizeof *res);
 	if (!pg_channel_ok(req->channel) || !pg_target_ok(req->target) ||
-	    (req->ip != NULL && (strlen(req->ip) > 255 || !pg_utf8_valid(req->ip))) ||
+	    (req->ip != NULL && (strnlen(req->ip, PG_IP_MAX + 1) > PG_IP_MAX ||
+	                        !pg_utf8_valid(req->ip))) ||
 	    req->provider == NULL || req->provider[0] == '\0' ||
 	    strlen(req->provider) >= STORE_PROVIDER_MAX || !pg_utf8_valid(req->provider) ||
 	    (!req->skip && req->payload == NULL) ||
