@@ -16,11 +16,11 @@
  *
  * Concurrency across processes: transactions run at READ COMMITTED, where every
  * statement sees what was committed before it started. A send takes transaction-scoped
- * advisory locks on hash(channel, target) and hash(channel, ip), in key order so two
- * sends never deadlock, before it counts the sends in its limit windows; a check takes
- * the same (channel, target) lock before it reads the attempt counter. Racing requests
- * are thus serialised exactly where they conflict, and the counts they read include the
- * previous lock holder's commit. Outbox jobs are claimed with FOR UPDATE SKIP LOCKED and
+ * advisory locks on hash(channel, target) and, when the channel has ip rules,
+ * hash(channel, ip), in key order so two sends never deadlock, before it counts the
+ * sends in its limit windows; a check takes the same (channel, target) lock before it
+ * reads the attempt counter. Racing requests are thus serialised exactly where they
+ * conflict, and the counts they read include the previous lock holder's commit. Outbox jobs are claimed with FOR UPDATE SKIP LOCKED and
  * a lease. Migrations run at open under an advisory lock, one transaction per file.
  */
 #include "store/store.h"
@@ -934,12 +934,19 @@ static int pg_send_txn(struct pg_conn *c, void *arg)
 
 	memset(x->res, 0, sizeof *x->res);
 	int rc = pg_begin(c);
-	if (rc == 0) {
-		int64_t ip_key = q->ip ? pg_lock_key('i', q->channel, q->ip) : 0;
-		rc = pg_lock(c, pg_lock_key('t', q->channel, q->target), q->ip ? &ip_key : NULL);
-	}
 	if (rc == 0)
 		rc = pg_load_rules(c, q->channel, rules, &n);
+	/* The (channel, target) lock always: it also orders the reset of the attempt
+	 * counter against checks. The (channel, ip) lock only when an ip rule will count:
+	 * it serialises every send from that ip. The counts are read after the locks. */
+	if (rc == 0) {
+		bool ip_rules = false;
+		for (size_t i = 0; i < n; i++)
+			ip_rules = ip_rules || rules[i].kind == OTP_LIMIT_IP;
+		int64_t ip_key = ip_rules && q->ip ? pg_lock_key('i', q->channel, q->ip) : 0;
+		rc = pg_lock(c, pg_lock_key('t', q->channel, q->target),
+		             ip_rules && q->ip ? &ip_key : NULL);
+	}
 	if (rc == 0 && n > 0)
 		rc = pg_count_sends(c, q, rules, n, counts);
 	if (rc == 0 && n > 0) {
