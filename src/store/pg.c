@@ -20,8 +20,9 @@
  * hash(channel, ip), in key order so two sends never deadlock, before it counts the
  * sends in its limit windows; a check takes the same (channel, target) lock before it
  * reads the attempt counter. Racing requests are thus serialised exactly where they
- * conflict, and the counts they read include the previous lock holder's commit. Outbox jobs are claimed with FOR UPDATE SKIP LOCKED and
- * a lease. Migrations run at open under an advisory lock, one transaction per file.
+ * conflict, and the counts they read include the previous lock holder's commit. Outbox
+ * jobs are claimed with FOR UPDATE SKIP LOCKED and a lease. Migrations run at open
+ * under an advisory lock, one transaction per file.
  */
 #include "store/store.h"
 
