@@ -39,6 +39,7 @@ struct api_response {
 	int status;                   /* HTTP status */
 	json_t *body;                 /* owned: freed by api_response_fini */
 	const char *allow;            /* Allow header for 405, static string or NULL */
+	bool basic_challenge;         /* 401 of Basic auth: add WWW-Authenticate */
 };
 
 void api_response_fini(struct api_response *r);

@@ -82,7 +82,7 @@ int params_collect(const struct api_request *req, json_t **out, struct otp_error
 	if (req->body != NULL && b < req->body_len) {
 		json_error_t jerr;
 		json_t *body = json_loadb(req->body, req->body_len,
-		                          JSON_REJECT_DUPLICATES, &jerr);
+		                          JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
 		if (body == NULL) {
 			json_decref(p);
 			if (json_error_code(&jerr) == json_error_invalid_utf8)
@@ -203,7 +203,7 @@ int params_phone(json_t *p, const char *name, bool required, char **out, struct 
 	if (v != NULL && !json_is_null(v) && !json_is_string(v))
 		return otp_error_set(err, OTP_ERR_INVALID, "invalid_parameter", name,
 		                     "\"%s\" must be a string of digits, not %s", name, type_name(v));
-	int rc = params_string(p, name, required, false, 64, false, &s, err);
+	int rc = params_string(p, name, required, false, OTP_TARGET_MAX, false, &s, err);
 	if (rc != 0 || s == NULL)
 		return rc;
 	const char *d = s[0] == '+' ? s + 1 : s;

@@ -107,7 +107,7 @@ static enum MHD_Result send_json(struct MHD_Connection *con, struct conn *c,
 	}
 	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
 	MHD_add_response_header(resp, "X-Request-Id", c->request_id);
-	if (r->status == 401)
+	if (r->basic_challenge)
 		MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE,
 		                        "Basic realm=\"otpd\", charset=\"UTF-8\"");
 	if (r->allow != NULL)
@@ -133,6 +133,7 @@ static enum MHD_Result send_error(struct MHD_Connection *con, struct conn *c, co
 	struct api_response r = {0};
 	otp_error_set(&e, code, status_code, "", "%s", message);
 	api_error_response(&e, &r);
+	r.basic_challenge = code == OTP_ERR_AUTH;
 	enum MHD_Result ret = send_json(con, c, method, url, &r);
 	api_response_fini(&r);
 	return ret;
