@@ -14,7 +14,7 @@ PKGS=(
 # Extra tools for `make check` / `make bench` / fuzzing.
 case "${1:-}" in
   --check) PKGS+=(clang cppcheck) ;;
-  --bench) PKGS+=(wrk) ;;
+  --bench) PKGS+=(wrk nginx-light php-fpm php-sqlite3 php-pgsql) ;;
 esac
 
 missing=()

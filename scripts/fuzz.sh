@@ -35,7 +35,7 @@ targets=("$@")
 for t in "${targets[@]}"; do
 	[ -f "tests/fuzz/fuzz_$t.c" ] || { echo "fuzz: unknown target '$t' (${all[*]})" >&2; exit 2; }
 done
-[[ "$secs" =~ ^[0-9]+$ ]] && [ "$secs" -ge 1 ] || { echo "fuzz: FUZZ_SECONDS must be a positive integer" >&2; exit 2; }
+{ [[ "$secs" =~ ^[0-9]+$ ]] && [ "$secs" -ge 1 ]; } || { echo "fuzz: FUZZ_SECONDS must be a positive integer" >&2; exit 2; }
 
 command -v clang >/dev/null || { echo "fuzz: clang is missing (scripts/deps.sh --check installs it)" >&2; exit 1; }
 
@@ -49,8 +49,9 @@ if [ ! -f "$build/build.ninja" ]; then
 		{ cat "$build.setup.log" >&2; exit 1; }
 	rm -f "$build.setup.log"
 fi
-ninja -C "$build" $(printf 'tests/fuzz/fuzz_%s ' "${targets[@]}") >/dev/null ||
-	{ ninja -C "$build" $(printf 'tests/fuzz/fuzz_%s ' "${targets[@]}") >&2; exit 1; }
+bins=()
+for t in "${targets[@]}"; do bins+=("tests/fuzz/fuzz_$t"); done
+ninja -C "$build" "${bins[@]}" >/dev/null || { ninja -C "$build" "${bins[@]}" >&2; exit 1; }
 
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1:symbolize=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
@@ -63,23 +64,27 @@ max_len() {
 	esac
 }
 
-dict_args() {
+dict_file() {
 	case "$1" in
-	params|compat|message) echo "-dict=$root/tests/fuzz/json.dict" ;;
-	config) echo "-dict=$root/tests/fuzz/config.dict" ;;
+	params|compat|message) echo "$root/tests/fuzz/json.dict" ;;
+	config) echo "$root/tests/fuzz/config.dict" ;;
 	esac
 }
 
 # Run one target; its output goes to a log, a summary line to stdout.
 run_one() {
-	local t=$1 bin="$build/tests/fuzz/fuzz_$t" seeds="$root/tests/fuzz/corpus/$t"
-	local log="$build/logs/$t.log" rc=0
+	local t=$1
+	local bin="$build/tests/fuzz/fuzz_$t" seeds="$root/tests/fuzz/corpus/$t"
+	local log="$build/logs/$t.log" rc=0 dict
+	local -a opts=(-max_len="$(max_len "$t")")
+	dict=$(dict_file "$t")
+	[ -z "$dict" ] || opts+=(-dict="$dict")
 	mkdir -p "$build/logs" "$build/corpus/$t" "$build/artifacts/$t"
 	if [ "$mode" = smoke ]; then
-		"$bin" -runs=0 -max_len="$(max_len "$t")" $(dict_args "$t") "$seeds" >"$log" 2>&1 || rc=$?
+		"$bin" -runs=0 "${opts[@]}" "$seeds" >"$log" 2>&1 || rc=$?
 	else
-		"$bin" -max_total_time="$secs" -max_len="$(max_len "$t")" -timeout=10 \
-			-rss_limit_mb=2048 -print_final_stats=1 $(dict_args "$t") \
+		"$bin" -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 \
+			-print_final_stats=1 "${opts[@]}" \
 			-artifact_prefix="$build/artifacts/$t/" "$build/corpus/$t" "$seeds" >"$log" 2>&1 || rc=$?
 	fi
 	if [ $rc -ne 0 ]; then
