@@ -54,6 +54,7 @@
  */
 #include <errno.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -264,6 +265,21 @@ static void message_wipe(struct otp_message *m)
 	memset(m, 0, sizeof *m);
 }
 
+/* Format a job's error (it may quote itself: formatted aside, then copied). Long
+ * provider texts are cut at STORE_ERROR_MAX, which is what the store keeps anyway. */
+static void set_error(char dst[STORE_ERROR_MAX], const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void set_error(char dst[STORE_ERROR_MAX], const char *fmt, ...)
+{
+	char tmp[STORE_ERROR_MAX];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(tmp, sizeof tmp, fmt, ap);
+	va_end(ap);
+	memcpy(dst, tmp, sizeof tmp);
+}
+
 enum outcome { OUT_SENT, OUT_RETRY, OUT_DEAD };
 
 static const char *outcome_state(enum outcome oc)
@@ -320,44 +336,44 @@ static void deliver(struct outbox *o, const struct store_job *job)
 
 	if (job->attempts >= cfg->outbox_max_tries) {
 		attempts = job->attempts;
-		snprintf(error, sizeof error, "gave up: %d attempts made (max %d)",
+		set_error(error, "gave up: %d attempts made (max %d)",
 		         job->attempts, cfg->outbox_max_tries);
 		goto record;
 	}
 	if (cfg->outbox_max_age > 0 && now - job->created_at > cfg->outbox_max_age) {
 		attempts = job->attempts;
-		snprintf(error, sizeof error, "gave up: older than %d s before it could be tried",
+		set_error(error, "gave up: older than %d s before it could be tried",
 		         cfg->outbox_max_age);
 		goto record;
 	}
 	if (job->payload_len < OTP_SEAL_OVERHEAD || !job->payload) {
-		snprintf(error, sizeof error, "payload missing or truncated");
+		set_error(error, "payload missing or truncated");
 		goto record;
 	}
 	plain = malloc(job->payload_len - OTP_SEAL_OVERHEAD + 1);
 	if (!plain) {
 		/* not the job's fault: try again later */
 		oc = OUT_RETRY;
-		snprintf(error, sizeof error, "out of memory");
+		set_error(error, "out of memory");
 		goto backoff;
 	}
 	if (otp_open(o->key, "outbox", job->payload, job->payload_len, plain, &plain_len) != 0) {
-		snprintf(error, sizeof error, "payload cannot be opened (secret key changed?)");
+		set_error(error, "payload cannot be opened (secret key changed?)");
 		goto record;
 	}
 	if (otp_message_decode(plain, plain_len, &msg) != 0) {
-		snprintf(error, sizeof error, "payload cannot be decoded");
+		set_error(error, "payload cannot be decoded");
 		goto record;
 	}
 	log_mask_target(msg.target, masked, sizeof masked);
 	if (msg.channel != job->channel) {
-		snprintf(error, sizeof error, "payload is for channel %s, job for %s",
+		set_error(error, "payload is for channel %s, job for %s",
 		         otp_channel_name(msg.channel), otp_channel_name(job->channel));
 		goto record;
 	}
 	p = provider_get(o, job->provider, why, sizeof why);
 	if (!p) {
-		snprintf(error, sizeof error, "provider %s unavailable: %s", job->provider, why);
+		set_error(error, "provider %s unavailable: %s", job->provider, why);
 		goto record;
 	}
 
@@ -370,9 +386,9 @@ static void deliver(struct outbox *o, const struct store_job *job)
 		goto record;
 	}
 	if (res.error[0])
-		snprintf(error, sizeof error, "%s", res.error);
+		set_error(error, "%s", res.error);
 	else
-		snprintf(error, sizeof error, "%s", otp_err_name(rc));
+		set_error(error, "%s", otp_err_name(rc));
 	if (rc == OTP_ERR_PERMANENT)
 		goto record;                       /* dead */
 	oc = OUT_RETRY;
@@ -384,15 +400,11 @@ backoff:
 	next_at = now + (delay_ms + 999) / 1000;
 	if (attempts >= cfg->outbox_max_tries) {
 		oc = OUT_DEAD;
-		char tmp[STORE_ERROR_MAX];
-		snprintf(tmp, sizeof tmp, "gave up after %d attempts: %s", attempts, error);
-		snprintf(error, sizeof error, "%s", tmp);
+		set_error(error, "gave up after %d attempts: %s", attempts, error);
 	} else if (cfg->outbox_max_age > 0 && next_at > job->created_at + cfg->outbox_max_age) {
 		oc = OUT_DEAD;
-		char tmp[STORE_ERROR_MAX];
-		snprintf(tmp, sizeof tmp, "gave up: next try would pass max age %d s: %s",
-		         cfg->outbox_max_age, error);
-		snprintf(error, sizeof error, "%s", tmp);
+		set_error(error, "gave up: next try would pass max age %d s: %s",
+		          cfg->outbox_max_age, error);
 	}
 
 record:
@@ -408,7 +420,7 @@ record:
 		log_write(LOG_ERROR, "outbox outcome not recorded, job keeps its lease",
 		          "job", num(b_id, job->id), "channel", otp_channel_name(job->channel),
 		          "provider", job->provider, "state", outcome_state(oc),
-		          "err", otp_err_name(rc), (char *)NULL);
+		          "err", otp_err_name(rc), LOG_END);
 		return;
 	}
 	switch (oc) {
@@ -422,7 +434,7 @@ record:
 	          "attempts", num(b_att, attempts), "state", outcome_state(oc),
 	          "took_ms", num(b_took, took_ms),
 	          "retry_in_s", num(b_retry, oc == OUT_RETRY ? next_at - now : 0),
-	          "provider_msg_id", res.msg_id, "error", error, (char *)NULL);
+	          "provider_msg_id", res.msg_id, "error", error, LOG_END);
 }
 
 /* ---- the batch and the loop --------------------------------------------------------- */
@@ -449,7 +461,7 @@ static void release_jobs(struct outbox *o, struct store_job *jobs, size_t n, con
 		log_write(rc == 0 ? LOG_INFO : LOG_WARN, "outbox job released",
 		          "job", num(b_id, jobs[i].id), "channel", otp_channel_name(jobs[i].channel),
 		          "provider", jobs[i].provider, "reason", why,
-		          "err", rc == 0 ? "" : otp_err_name(rc), (char *)NULL);
+		          "err", rc == 0 ? "" : otp_err_name(rc), LOG_END);
 		store_job_fini(&jobs[i]);
 	}
 }
@@ -493,7 +505,7 @@ static void log_counters(struct outbox *o, const char *msg)
 	          "retried", num(b, atomic_load(&o->n_retry)),
 	          "dead", num(c, atomic_load(&o->n_dead)),
 	          "released", num(d, atomic_load(&o->n_released)),
-	          "store_errors", num(e, atomic_load(&o->n_store_errors)), (char *)NULL);
+	          "store_errors", num(e, atomic_load(&o->n_store_errors)), LOG_END);
 }
 
 static void *worker_main(void *arg)
@@ -528,7 +540,7 @@ static void *worker_main(void *arg)
 			char b_w[NUM_MAX], b_ms[NUM_MAX];
 			log_write(LOG_WARN, "outbox claim failed", "worker", num(b_w, w->index),
 			          "err", otp_err_name(rc), "retry_in_ms", num(b_ms, store_wait),
-			          (char *)NULL);
+			          LOG_END);
 			wait_unless_stopping(o, store_wait);
 			continue;
 		}
@@ -659,7 +671,7 @@ int outbox_start(struct outbox *o)
 		return OTP_ERR_INTERNAL;
 	o->started = true;
 	if (o->cfg->dummy) {
-		log_write(LOG_INFO, "outbox idle: DUMMY, nothing is delivered", (char *)NULL);
+		log_write(LOG_INFO, "outbox idle: DUMMY, nothing is delivered", LOG_END);
 		return 0;
 	}
 	o->workers = calloc((size_t)n, sizeof *o->workers);
@@ -686,7 +698,7 @@ int outbox_start(struct outbox *o)
 	char b_n[NUM_MAX], b_b[NUM_MAX], b_l[NUM_MAX];
 	log_write(LOG_INFO, "outbox started", "workers", num(b_n, n),
 	          "batch", num(b_b, (long long)o->batch), "lease_s", num(b_l, o->cfg->outbox_lease),
-	          (char *)NULL);
+	          LOG_END);
 	return 0;
 }
 
@@ -749,7 +761,7 @@ void outbox_stop(struct outbox *o, int deadline_s)
 	if (left > 0) {
 		char b_left[NUM_MAX];
 		log_write(LOG_WARN, "outbox stop deadline passed, sends in flight keep their lease",
-		          "still_sending", num(b_left, left), (char *)NULL);
+		          "still_sending", num(b_left, left), LOG_END);
 	}
 	log_counters(o, "outbox stopped");
 }
