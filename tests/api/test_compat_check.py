@@ -1,6 +1,7 @@
 """Checks: the attempt limit (OTPD_MAX_CHECK_ATTEMPTS), consumption (OTPD_CHECK_CONSUMES),
 expiry (lifetime). COMPAT.md "Sending and checking"."""
 
+import threading
 import time
 
 import pytest
@@ -21,6 +22,37 @@ def test_attempt_limit_voids_live_codes(otpd_factory, uniq):
     new = uniq.code()
     o.send_ok("sms", phone, new)
     assert o.check("sms", phone, new) is True
+    assert o.check("sms", phone, code) is False
+
+
+def test_attempt_limit_voids_every_live_code_of_the_target(otpd_factory, uniq):
+    o = otpd_factory(env={"OTPD_MAX_CHECK_ATTEMPTS": "3"})
+    chat = uniq.chat_id()
+    codes = [uniq.code() for _ in range(3)]
+    for c in codes:
+        o.send_ok("telegram", chat, c)
+    for _ in range(3):
+        assert o.check("telegram", chat, uniq.code()) is False
+    for c in codes:
+        assert o.check("telegram", chat, c) is False
+
+
+def test_concurrent_wrong_checks_cannot_exceed_the_limit(otpd_factory, uniq):
+    o = otpd_factory(env={"OTPD_MAX_CHECK_ATTEMPTS": "3"})
+    phone, code = uniq.phone(), uniq.code()
+    o.send_ok("sms", phone, code)
+    wrong = [uniq.code() for _ in range(16)]
+    results = [None] * len(wrong)
+
+    def worker(i):
+        results[i] = o.check("sms", phone, wrong[i])
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(wrong))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [False] * len(wrong)
     assert o.check("sms", phone, code) is False
 
 

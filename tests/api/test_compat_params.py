@@ -175,3 +175,14 @@ def test_max_lifetime_is_configurable(otpd_factory, uniq):
     o = otpd_factory(env={"OTPD_MAX_LIFETIME": "600"})
     o.send_ok("sms", uniq.phone(), uniq.code(), lifetime=600)
     assert_invalid(o.send("sms", uniq.phone(), uniq.code(), lifetime=601), "lifetime")
+
+
+@pytest.mark.parametrize("value", [{"t": "x"}, ["x"], True])
+def test_optional_fields_without_a_cast_rejected(shared_otpd, uniq, value):
+    for field in ("text", "html"):
+        body = send_body("email", uniq.email(), "12345")
+        body[field] = value
+        assert_invalid(shared_otpd.post("/email", body), field)
+    body = send_body("sms", uniq.phone(), "12345")
+    body["ip"] = value
+    assert_invalid(shared_otpd.post("/sms", body), "ip")

@@ -328,3 +328,23 @@ def test_dummy_stores_codes_and_delivers_nothing(otpd_factory, uniq):
     assert [j["state"] for j in jobs] == ["skipped"], r.text
     o.wait_log(lambda rec: "DUMMY" in " ".join(rec.values()) and "skip" in " ".join(rec.values()))
     assert not any(rec.get("msg") == "deliver" for rec in o.log_records()), o.log_tail()
+
+
+def test_trimmed_and_cast_values_are_what_is_delivered(otpd_factory, uniq):
+    o = otpd_factory(env={"OTPD_LOG_CODES": "true"})
+    phone = uniq.phone()
+    assert_ok(o.post("/sms", {"phone": phone, "password": " 12345 ", "lifetime": 300,
+                              "message": "  Your OTP is 12345 \n"}))
+    rec = o.wait_log(lambda r: r.get("msg") == "deliver" and r.get("channel") == "sms")
+    assert rec["code"] == "12345" and rec["text"] == "Your OTP is 12345", rec
+    chat = uniq.chat_id()
+    assert_ok(o.post("/telegram", {"chat_id": chat, "password": 777, "lifetime": 300,
+                                   "message": 777}))
+    rec = o.wait_log(lambda r: r.get("msg") == "deliver" and r.get("channel") == "telegram")
+    assert rec["code"] == "777" and rec["text"] == "777", rec
+    email = uniq.email()
+    assert_ok(o.post("/email", {"email": email, "password": "5555", "lifetime": 300,
+                                "subject": "\t Hello ", "text": " t ", "html": " <b>h</b> "}))
+    rec = o.wait_log(lambda r: r.get("msg") == "deliver" and r.get("channel") == "email")
+    assert (rec["code"], rec["subject"], rec["text"], rec["html"]) == (
+        "5555", "Hello", "t", "<b>h</b>"), rec

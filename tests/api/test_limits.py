@@ -2,6 +2,8 @@
 seed 000). Windows are 10 minutes or more so nothing ages out during a test; the sliding
 window's ageing itself is not tested (its smallest unit is a minute)."""
 
+import threading
+
 import pytest
 
 from otpdlib import (assert_error, assert_json, assert_missing, assert_ok,
@@ -248,3 +250,28 @@ def test_rules_kept_in_order_they_were_set(otpd):
     rules = [{"minutes": m, "rate": r} for m, r in [(60, 10), (1, 1), (30, 5), (5, 2)]]
     set_limits(otpd, "sms", {"phones": rules})
     assert get_limits(otpd, "sms")["phones"] == rules
+
+
+@pytest.mark.parametrize("kind", ["ips", "phones"])
+def test_concurrent_sends_respect_the_rate(otpd, uniq, kind):
+    rate = 5
+    set_limits(otpd, "sms", {kind: [{"minutes": 10, "rate": rate}]})
+    phone = uniq.phone()
+    n = 20
+    answers = [None] * n
+
+    def worker(i):
+        target = phone if kind == "phones" else uniq.phone()
+        answers[i] = otpd.send("sms", target, uniq.code(), ip="198.51.100.9")
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ok = [r for r in answers if r.status_code == 200]
+    refused = [r for r in answers if r.status_code == 400]
+    assert len(ok) == rate, [r.text for r in answers]
+    assert len(refused) == n - rate, [r.text for r in answers]
+    want = "ip_limit" if kind == "ips" else "phone_limit"
+    assert all(r.json()["status_code"] == want for r in refused)

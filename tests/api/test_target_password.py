@@ -128,6 +128,22 @@ def test_password_readback(otpd_factory, uniq):
     assert o.get("/password", {"target": phone2}).json()["content"] == {"password": "4321"}
 
 
+def test_password_readback_skips_expired_codes(otpd_factory, uniq):
+    o = otpd_factory(env={"OTPD_PASSWORD_READBACK": "true"})
+    phone = uniq.phone()
+    o.send_ok("sms", phone, "333333", lifetime=300)
+    o.send_ok("sms", phone, "444444", lifetime=1)
+    deadline = time.monotonic() + 5.0
+    while True:
+        r = o.get("/password", {"target": phone})
+        got = assert_json(r, 200)["content"]["password"]
+        if got == "333333":
+            break  # the later code expired: the latest unexpired one is the earlier
+        assert got == "444444", r.text
+        assert time.monotonic() < deadline, "a lifetime=1 code was still read back after 5 s"
+        time.sleep(0.1)
+
+
 def test_password_readback_nothing_found(otpd_factory, uniq):
     o = otpd_factory(env={"OTPD_PASSWORD_READBACK": "true"})
     r = o.get("/password", {"target": uniq.phone()})
