@@ -308,6 +308,19 @@ def test_ipv6_ip_accepted(shared_otpd, uniq):
     shared_otpd.send_ok("sms", uniq.phone(), uniq.code(), ip="2001:db8::1")
 
 
+@pytest.mark.parametrize("ip", ["unknown", "203.0.113.7, 10.0.0.1", "10.0.0.1:54321"])
+def test_ip_taken_as_given(otpd, uniq, ip):
+    # COMPAT.md validates phone, email, chat_id and lifetime, and says nothing of `ip`:
+    # the old service stored whatever string it got (a proxy's X-Forwarded-For list,
+    # "unknown"...), and a client of the old service must not notice the switch.
+    otpd.send_ok("sms", uniq.phone(), uniq.code(), ip=ip)
+    # with IP rules it is counted like any other ip
+    assert_ok(otpd.post("/limit/call", {"ips": [{"minutes": 10, "rate": 1}]}))
+    otpd.send_ok("call", uniq.phone(), uniq.code(), ip=ip)
+    r = otpd.send("call", uniq.phone(), uniq.code(), ip=ip)
+    assert r.status_code == 400 and r.json().get("status_code") == "ip_limit", r.text
+
+
 def test_email_text_and_html_optional(shared_otpd, uniq):
     for extra in ({}, {"html": "<b>code</b>"}, {"text": "t", "html": "<i>h</i>"}):
         email, code = uniq.email(), uniq.code()

@@ -3,6 +3,7 @@ seed 000). Windows are 10 minutes or more so nothing ages out during a test; the
 window's ageing itself is not tested (its smallest unit is a minute)."""
 
 import threading
+import time
 
 import pytest
 
@@ -275,3 +276,45 @@ def test_concurrent_sends_respect_the_rate(otpd, uniq, kind):
     assert len(refused) == n - rate, [r.text for r in answers]
     want = "ip_limit" if kind == "ips" else "phone_limit"
     assert all(r.json()["status_code"] == want for r in refused)
+
+
+def test_consumed_and_voided_codes_still_count(otpd_factory, uniq):
+    # the window counts successful sends, whatever became of their codes
+    o = otpd_factory(env={"OTPD_CHECK_CONSUMES": "true", "OTPD_MAX_CHECK_ATTEMPTS": "1"})
+    set_limits(o, "sms", {"phones": [{"minutes": 10, "rate": 1}]})
+    phone, code = uniq.phone(), uniq.code()
+    o.send_ok("sms", phone, code)
+    assert o.check("sms", phone, code) is True  # consumed
+    assert_limit(o.send("sms", phone, uniq.code()), "phone_limit", "Phone limit has been reached")
+    other = uniq.phone()
+    o.send_ok("sms", other, uniq.code())
+    assert o.check("sms", other, uniq.code()) is False  # voided by the attempt limit
+    assert_limit(o.send("sms", other, uniq.code()), "phone_limit", "Phone limit has been reached")
+
+
+def test_expired_codes_still_count_after_the_janitor_ran(otpd_factory, uniq):
+    # a code expires long before the window ends; purging it must not forget the send
+    o = otpd_factory(env={"OTPD_JANITOR_INTERVAL": "1"})
+    set_limits(o, "call", {"phones": [{"minutes": 10, "rate": 1}],
+                           "ips": [{"minutes": 10, "rate": 1}]})
+    phone, code = uniq.phone(), uniq.code()
+    o.send_ok("call", phone, code, lifetime=1, ip="203.0.113.5")
+    deadline = time.monotonic() + 5.0
+    while o.check("call", phone, code):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    time.sleep(3.0)  # time is the subject: three janitor runs after the expiry
+    assert_limit(o.send("call", phone, uniq.code(), ip="203.0.113.6"), "phone_limit",
+                 "Phone limit has been reached")
+    assert_limit(o.send("call", uniq.phone(), uniq.code(), ip="203.0.113.5"), *IP_LIMIT)
+
+
+def test_limit_endpoints_ignore_other_parameters(otpd):
+    # COMPAT.md: a client of the old service must not notice the switch; the old service
+    # read "ips" and "phones" and nothing else, so other parameters (a cache-buster in
+    # the query string, a comment in the body) did not make a request fail
+    r = otpd.post("/limit/sms", {"phones": [{"minutes": 10, "rate": 3}], "comment": "crm"},
+                  params={"_": "1700000000"})
+    assert_ok(r)
+    assert get_limits(otpd, "sms")["phones"] == [{"minutes": 10, "rate": 3}]
+    assert_ok(otpd.post("/limit/email", {"ips": [], "phones": []}))
