@@ -153,6 +153,24 @@ def test_code_expires_after_its_lifetime(otpd_factory, uniq, channel):
     assert o.check(channel, target, new) is True
 
 
+def test_code_lives_for_its_lifetime(otpd_factory, uniq):
+    # expire_at = now + lifetime: a 3-second code sent early in a second is still valid
+    # 1.2 s later (whole-second clocks cost it at most one second)
+    o = otpd_factory()
+    frac = time.time() % 1.0
+    if frac > 0.1:
+        time.sleep(1.0 - frac + 0.01)
+    t0 = time.monotonic()
+    phone, code = uniq.phone(), uniq.code()
+    o.send_ok("sms", phone, code, lifetime=3)
+    time.sleep(max(0.0, 1.2 - (time.monotonic() - t0)))
+    ok = o.check("sms", phone, code)
+    if time.monotonic() - t0 < 1.9:
+        assert ok is True
+    else:
+        pytest.skip("the machine took too long to tell")
+
+
 def test_attempt_limit_counts_across_query_and_body_checks(otpd_factory, uniq):
     o = otpd_factory(env={"OTPD_MAX_CHECK_ATTEMPTS": "2"})
     email, code = uniq.email(), uniq.code()
