@@ -46,10 +46,23 @@ Otpd (tests/api/otpdlib.py)
   .log_text(), .log_bytes(), .log_lines(), .log_records() (logfmt dicts),
   .wait_log(pred_or_regex, timeout=30), .log_tail()
 
-Module helpers (from otpdlib import ...): assert_ok, assert_json, assert_error,
-assert_invalid, assert_missing, missing_text, pairs (JSON object as ordered pairs), keys,
-send_body, run_otpd(args, env) (one-shot run, e.g. --check-config), parse_logfmt,
-unique_phone/email/chat_id/code, TARGET_FIELD.
+Module helpers (from otpdlib import ...):
+  assert_ok(r)                  200 {"status":true}
+  assert_json(r, status)        status + application/json; returns the body
+  assert_error(r, status, field=None, status_code=None)   status false, a message (naming
+                                field), keys in the order status, status_code, message
+  assert_invalid(r, field)      400 naming field; status_code, if any, invalid_parameter
+  assert_missing(r, field)      400 exactly {"status":false,"message":"\"f\" parameter must be set"}
+  pairs(r) / keys(r)            the JSON object as ordered (key, value) pairs / its keys
+  send_body(channel, target, code, lifetime=300, **extra)   a complete send body
+  run_otpd(args, env)           one-shot run (e.g. --check-config) in a clean environment
+  base_env()                    the caller's environment minus every variable otpd reads
+  parse_logfmt(line), free_port(), otpd_bin(), REPO, TARGET_FIELD,
+  unique_phone/email/chat_id/code/target
+  pg_settings(), pg_sql(pg, sql), pg_dump_schema(pg, schema)   the test PostgreSQL server
+
+Timing: generous timeouts everywhere (START_TIMEOUT, STOP_TIMEOUT, HTTP_TIMEOUT in
+otpdlib); poll, never sleep blindly, except where time itself is the subject (expiry).
 """
 
 import pytest
