@@ -49,6 +49,14 @@ def otpd_bin():
     return REPO / "build" / "otpd"
 
 
+def require_bin():
+    """The binary under test, or an AssertionError saying how to get one."""
+    b = otpd_bin()
+    if not (b.is_file() and os.access(b, os.X_OK)):
+        raise AssertionError(f"no otpd binary at {b}: build it (make build) or set OTPD_BIN")
+    return b
+
+
 def free_port():
     """A TCP port of 127.0.0.1 that nobody listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -78,7 +86,7 @@ def run_otpd(args, env=None, timeout=60):
     Returns the CompletedProcess (text mode). Fails if a sanitizer reported anything."""
     e = base_env()
     e.update({k: str(v) for k, v in (env or {}).items()})
-    cp = subprocess.run([str(otpd_bin())] + list(args), env=e, capture_output=True,
+    cp = subprocess.run([str(require_bin())] + list(args), env=e, capture_output=True,
                         text=True, timeout=timeout)
     found = sanitizer_report(cp.stderr)
     assert found is None, f"sanitizer report ({found}) from otpd {args}:\n{cp.stderr}"
@@ -329,7 +337,7 @@ class Otpd:
             log = self.workdir / f"stderr-{len(self.runs)}.log"
             self.runs.append(log)
             with open(log, "wb") as errf, open(self.workdir / "stdout.log", "ab") as outf:
-                self.proc = subprocess.Popen([str(otpd_bin())], env=e, stdout=outf,
+                self.proc = subprocess.Popen([str(require_bin())], env=e, stdout=outf,
                                              stderr=errf, cwd=str(self.workdir))
             if self._wait_healthy(timeout):
                 return self
