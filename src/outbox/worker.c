@@ -29,6 +29,8 @@
  * were lowered) is declared dead without a new attempt. Writing the outcome is retried
  * briefly; if the store stays down the job keeps its lease and is delivered again after
  * it expires (delivery is at-least-once; job.id is the provider's idempotency key).
+ * The provider's error text is kept as last_error and logged, with the target masked
+ * wherever the provider echoed it; the decrypted message is wiped after the send.
  *
  * Providers: one per distinct provider name in use by the five channels is built by
  * outbox_new(), which fails when one cannot be built (unknown name, missing settings).
@@ -280,6 +282,36 @@ static void set_error(char dst[STORE_ERROR_MAX], const char *fmt, ...)
 	memcpy(dst, tmp, sizeof tmp);
 }
 
+/* Replace every occurrence of `target` in err (STORE_ERROR_MAX) by `masked`. */
+static void scrub_target(char err[STORE_ERROR_MAX], const char *target, const char *masked)
+{
+	char out[STORE_ERROR_MAX];
+	size_t tlen = target ? strlen(target) : 0, mlen = strlen(masked), j = 0;
+	const char *p = err, *hit;
+
+	if (tlen < 3 || !strstr(err, target))
+		return;
+	while ((hit = strstr(p, target)) != NULL) {
+		size_t pre = (size_t)(hit - p);
+		if (j + pre + mlen >= sizeof out)
+			break;
+		memcpy(out + j, p, pre);
+		memcpy(out + j + pre, masked, mlen);
+		j += pre + mlen;
+		p = hit + tlen;
+	}
+	/* the rest (also when out is full: cut, never a partial target) */
+	if (!hit) {
+		size_t rest = strlen(p);
+		if (j + rest >= sizeof out)
+			rest = sizeof out - 1 - j;
+		memcpy(out + j, p, rest);
+		j += rest;
+	}
+	out[j] = '\0';
+	memcpy(err, out, sizeof out);
+}
+
 enum outcome { OUT_SENT, OUT_RETRY, OUT_DEAD };
 
 static const char *outcome_state(enum outcome oc)
@@ -336,14 +368,14 @@ static void deliver(struct outbox *o, const struct store_job *job)
 
 	if (job->attempts >= cfg->outbox_max_tries) {
 		attempts = job->attempts;
-		set_error(error, "gave up: %d attempts made (max %d)",
-		         job->attempts, cfg->outbox_max_tries);
+		set_error(error, "gave up: %d attempts made (max %d)", job->attempts,
+		          cfg->outbox_max_tries);
 		goto record;
 	}
 	if (cfg->outbox_max_age > 0 && now - job->created_at > cfg->outbox_max_age) {
 		attempts = job->attempts;
 		set_error(error, "gave up: older than %d s before it could be tried",
-		         cfg->outbox_max_age);
+		          cfg->outbox_max_age);
 		goto record;
 	}
 	if (job->payload_len < OTP_SEAL_OVERHEAD || !job->payload) {
@@ -368,7 +400,7 @@ static void deliver(struct outbox *o, const struct store_job *job)
 	log_mask_target(msg.target, masked, sizeof masked);
 	if (msg.channel != job->channel) {
 		set_error(error, "payload is for channel %s, job for %s",
-		         otp_channel_name(msg.channel), otp_channel_name(job->channel));
+		          otp_channel_name(msg.channel), otp_channel_name(job->channel));
 		goto record;
 	}
 	p = provider_get(o, job->provider, why, sizeof why);
@@ -389,6 +421,9 @@ static void deliver(struct outbox *o, const struct store_job *job)
 		set_error(error, "%s", res.error);
 	else
 		set_error(error, "%s", otp_err_name(rc));
+	/* a provider may echo the number back in its error: it goes to the log and the
+	 * store, so only masked */
+	scrub_target(error, msg.target, masked);
 	if (rc == OTP_ERR_PERMANENT)
 		goto record;                       /* dead */
 	oc = OUT_RETRY;

@@ -92,6 +92,7 @@ struct fx {
 	char db[128];
 	char port_file[128];
 	char record[128];
+	char base[80];
 	char url[96];
 	struct store *store;
 	struct otp_key key;
@@ -132,6 +133,9 @@ static int fx_setup(void **state)
 	env_set(&f->env, "OTPD_OUTBOX_LEASE", "30");
 	env_set(&f->env, "OTPD_PROVIDER_TIMEOUT", "5");
 	env_set(&f->env, "OTPD_WEBHOOK_SECRET", "test-webhook-secret");
+	env_set(&f->env, "OTPD_TWILIO_ACCOUNT_SID", "AC0123456789abcdef0123456789abcdef");
+	env_set(&f->env, "OTPD_TWILIO_AUTH_TOKEN", "test-twilio-token");
+	env_set(&f->env, "OTPD_TWILIO_FROM", "15550001111");
 	*state = f;
 	return 0;
 }
@@ -223,8 +227,10 @@ static void fake_start(struct fx *f, const char *script)
 			fail_msg("fake HTTP server did not start");
 		nap_ms(10);
 	}
-	snprintf(f->url, sizeof f->url, "http://127.0.0.1:%d/hook", (int)port);
+	snprintf(f->base, sizeof f->base, "http://127.0.0.1:%d", (int)port);
+	snprintf(f->url, sizeof f->url, "%s/hook", f->base);
 	env_set(&f->env, "OTPD_WEBHOOK_URL", f->url);
+	env_set(&f->env, "OTPD_TWILIO_BASE_URL", f->base);
 }
 
 /* Requests the fake has received (it records each before answering). */
@@ -601,6 +607,33 @@ static void test_unusable_jobs_are_dead(void **state)
 	otp_key_wipe(&other);
 }
 
+/* A permanent refusal is dead at the first attempt; the provider's error, which quotes
+ * the number, is stored and logged with the number masked. Also: channels configured
+ * with different providers get each their own. */
+static void test_permanent_refusal_masks_target(void **state)
+{
+	struct fx *f = *state;
+	struct store_job_info info;
+	int64_t id;
+
+	env_set(&f->env, "OTPD_SMS_PROVIDER", "twilio");
+	fake_start(f, "[{\"status\": 400, \"json\": {\"code\": 21211, \"status\": 400, "
+	              "\"message\": \"The 'To' number +77011234567 is not a valid phone number.\"}}]");
+	outbox_up(f);
+	assert_string_equal(outbox_provider_for(f->o, OTP_CH_SMS), "twilio");
+	assert_string_equal(outbox_provider_for(f->o, OTP_CH_EMAIL), TEST_PROVIDER);
+	id = enqueue(f, "77011234567", "twilio", NULL);
+	outbox_notify(f->o);
+	wait_state(f, id, STORE_JOB_DEAD, WAIT_LONG_MS, &info);
+	outbox_stop(f->o, 5);
+	assert_int_equal(info.attempts, 1);
+	assert_int_equal(fake_requests(f), 1);
+	assert_non_null(strstr(info.last_error, "21211"));
+	assert_non_null(strstr(info.last_error, "+7701***4567"));
+	assert_null(strstr(info.last_error, "77011234567"));
+	assert_int_equal(payload_bytes(f, id), 0);
+}
+
 /* Many jobs, several workers: each delivered exactly once. */
 static void test_many_jobs_each_once(void **state)
 {
@@ -757,6 +790,8 @@ int main(void)
 		                                fx_teardown),
 		cmocka_unit_test_setup_teardown(test_store_error_then_recovers, fx_setup, fx_teardown),
 		cmocka_unit_test_setup_teardown(test_unusable_jobs_are_dead, fx_setup, fx_teardown),
+		cmocka_unit_test_setup_teardown(test_permanent_refusal_masks_target, fx_setup,
+		                                fx_teardown),
 		cmocka_unit_test_setup_teardown(test_many_jobs_each_once, fx_setup, fx_teardown),
 		cmocka_unit_test_setup_teardown(test_dummy_builds_no_provider, fx_setup, fx_teardown),
 		cmocka_unit_test_setup_teardown(test_new_fails_on_incomplete_provider, fx_setup,
