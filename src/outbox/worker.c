@@ -766,7 +766,17 @@ void outbox_stop(struct outbox *o, int deadline_s)
 	while (o->running > 0 && mono_ms() < until)
 		if (pthread_cond_timedwait(&o->done_cv, &o->mu, &ts) == ETIMEDOUT)
 			break;
-	/* past the deadline: a worker still sending keeps its job; the rest go back */
+	/* past the deadline: sends in flight are cancelled (they end as retries, so the job
+	 * is delivered after the next start); a worker still sending keeps its job; the rest
+	 * go back */
+	if (o->running > 0) {
+		pthread_mutex_unlock(&o->mu);
+		pthread_mutex_lock(&o->pmu);
+		for (size_t i = 0; i < o->n_slots; i++)
+			provider_cancel(o->slots[i].p);
+		pthread_mutex_unlock(&o->pmu);
+		pthread_mutex_lock(&o->mu);
+	}
 	for (int i = 0; i < o->n_workers; i++) {
 		struct outbox_worker *w = &o->workers[i];
 		size_t k;

@@ -38,6 +38,13 @@ static void transport_error(CURLcode cc, const char *detail, const char *redact,
 	snprintf(err, cap, "%s", d);
 }
 
+int provider_curl_cancel_cb(void *data, curl_off_t dltotal, curl_off_t dlnow,
+                            curl_off_t ultotal, curl_off_t ulnow)
+{
+	(void)dltotal; (void)dlnow; (void)ultotal; (void)ulnow;
+	return atomic_load((const atomic_bool *)data) ? 1 : 0;
+}
+
 int provider_http_classify(long status)
 {
 	if (status >= 200 && status <= 299)
@@ -113,7 +120,20 @@ int provider_http_post(const struct config *cfg, const struct provider_http_req 
 		}
 	}
 
+	if (req->cancel != NULL &&
+	    ((cc = curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L)) != CURLE_OK ||
+	     (cc = curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, provider_curl_cancel_cb)) != CURLE_OK ||
+	     (cc = curl_easy_setopt(h, CURLOPT_XFERINFODATA, (void *)req->cancel)) != CURLE_OK)) {
+		rc = OTP_ERR_NOMEM;
+		transport_error(cc, "", req->redact, err, cap);
+		goto out;
+	}
 	cc = curl_easy_perform(h);
+	if (cc == CURLE_ABORTED_BY_CALLBACK) {
+		rc = OTP_ERR_PROVIDER;
+		snprintf(err, cap, "cancelled at shutdown");
+		goto out;
+	}
 	if (cc != CURLE_OK) {
 		switch (cc) {
 		case CURLE_URL_MALFORMAT:

@@ -8,8 +8,11 @@
 #ifndef OTPD_PROVIDERS_HTTP_H
 #define OTPD_PROVIDERS_HTTP_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
+
+#include <curl/curl.h>
 
 #include "config.h"
 
@@ -25,7 +28,13 @@ struct provider_http_req {
 	const char *basic_password;
 	const char *redact;          /* a secret that must never appear in an error (a token
 	                                that is part of the URL); may be NULL */
+	const atomic_bool *cancel;   /* the provider's cancel flag: abort when set; may be NULL */
 };
+
+/* libcurl progress callback that aborts the transfer once *(atomic_bool *)data is set;
+ * also used by the smtp provider for its own handle. */
+int provider_curl_cancel_cb(void *data, curl_off_t dltotal, curl_off_t dlnow,
+                            curl_off_t ultotal, curl_off_t ulnow);
 
 struct provider_http_resp {
 	long status;                 /* HTTP status of the answer */

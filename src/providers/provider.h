@@ -9,6 +9,7 @@
 #ifndef OTPD_PROVIDERS_PROVIDER_H
 #define OTPD_PROVIDERS_PROVIDER_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -36,12 +37,18 @@ struct provider_ops {
 
 struct provider {
 	const struct provider_ops *ops;
+	/* Set by provider_cancel() at the shutdown deadline: a send in progress gives up at
+	 * once with OTP_ERR_PROVIDER (the job is retried at the next start). Constructors
+	 * zero it (calloc). */
+	atomic_bool cancelled;
 };
 
 static inline int provider_send(struct provider *p, const struct otp_message *m,
                                 int64_t job_id, struct provider_result *r)
 { return p->ops->send(p, m, job_id, r); }
 static inline void provider_free(struct provider *p) { if (p) p->ops->free(p); }
+/* Make sends in progress (and later ones) of p give up now; callable from any thread. */
+static inline void provider_cancel(struct provider *p) { if (p) atomic_store(&p->cancelled, true); }
 static inline const char *provider_name(const struct provider *p) { return p->ops->name; }
 
 /* Create the provider called `name` from the configuration. NULL with a reason in err

@@ -166,6 +166,7 @@ static int queue_send(struct provider *p, const struct otp_message *m, int64_t j
 		return provider_fail(r, OTP_ERR_NOMEM, "out of memory");
 
 	struct provider_http_req req = {
+		.cancel = &p->cancelled,
 		.url = qp->task_url,
 		.content_type = "application/json",
 		.body = body,

@@ -341,7 +341,10 @@ static int smtp_send(struct provider *p, const struct otp_message *m, int64_t jo
 	    (cc = curl_easy_setopt(h, CURLOPT_READFUNCTION, on_read)) != CURLE_OK ||
 	    (cc = curl_easy_setopt(h, CURLOPT_READDATA, &up)) != CURLE_OK ||
 	    (cc = curl_easy_setopt(h, CURLOPT_INFILESIZE_LARGE, (curl_off_t)msg.len)) != CURLE_OK ||
-	    (cc = curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf)) != CURLE_OK) {
+	    (cc = curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf)) != CURLE_OK ||
+	    (cc = curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L)) != CURLE_OK ||
+	    (cc = curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, provider_curl_cancel_cb)) != CURLE_OK ||
+	    (cc = curl_easy_setopt(h, CURLOPT_XFERINFODATA, (void *)&p->cancelled)) != CURLE_OK) {
 		rc = provider_fail(r, classify(cc, 0), "%s", curl_easy_strerror(cc));
 		goto out;
 	}
@@ -354,6 +357,10 @@ static int smtp_send(struct provider *p, const struct otp_message *m, int64_t jo
 		}
 	}
 	cc = curl_easy_perform(h);
+	if (cc == CURLE_ABORTED_BY_CALLBACK) {
+		rc = provider_fail(r, OTP_ERR_PROVIDER, "cancelled at shutdown");
+		goto out;
+	}
 	if (cc == CURLE_OK) {
 		provider_copy_detail(r->msg_id, sizeof r->msg_id, msgid);
 		rc = 0;

@@ -52,6 +52,7 @@ static int telegram_send(struct provider *p, const struct otp_message *m, int64_
 
 	const char *headers[] = {tp->auth_header, NULL};
 	struct provider_http_req req = {
+		.cancel = &p->cancelled,
 		.url = tp->msg_url,
 		.content_type = "application/json",
 		.body = body,

@@ -51,6 +51,7 @@ static int bot_send(struct provider *p, const struct otp_message *m, int64_t job
 		return provider_fail(r, OTP_ERR_NOMEM, "out of memory");
 
 	struct provider_http_req req = {
+		.cancel = &p->cancelled,
 		.url = bp->send_url,
 		.content_type = "application/json",
 		.body = body,

@@ -178,6 +178,7 @@ static int twilio_send(struct provider *p, const struct otp_message *m, int64_t 
 	snprintf(idem, sizeof idem, "I-Twilio-Idempotency-Token: otpd-%" PRId64, job_id);
 	const char *headers[] = {idem, NULL};
 	struct provider_http_req req = {
+		.cancel = &p->cancelled,
 		.url = url,
 		.content_type = "application/x-www-form-urlencoded",
 		.body = form.p,

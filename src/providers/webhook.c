@@ -69,6 +69,7 @@ static int webhook_send(struct provider *p, const struct otp_message *m, int64_t
 
 	const char *headers[] = {sig, job, NULL};
 	struct provider_http_req req = {
+		.cancel = &p->cancelled,
 		.url = cfg->webhook_url,
 		.content_type = "application/json",
 		.body = body,

@@ -77,6 +77,7 @@ static int whatsapp_send(struct provider *p, const struct otp_message *m, int64_
 
 	const char *headers[] = {wp->auth_header, NULL};
 	struct provider_http_req req = {
+		.cancel = &p->cancelled,
 		.url = wp->url,
 		.content_type = "application/json",
 		.body = body,
