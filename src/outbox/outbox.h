@@ -23,7 +23,9 @@ int outbox_start(struct outbox *o);
 /* A job was committed: wake a sleeping worker now instead of at its next poll. */
 void outbox_notify(struct outbox *o);
 /* Stop claiming; let in-flight sends finish until `deadline_s` seconds have passed, then
- * release what is still claimed (it is re-claimed at the next start) and join. */
+ * cancel the sends still in flight (they end as retries), release what is claimed but not
+ * started (it is re-claimed at the next start), and join the workers that exited.
+ * outbox_free() joins the rest; the store, key and config must outlive it. */
 void outbox_stop(struct outbox *o, int deadline_s);
 void outbox_free(struct outbox *o);
 
