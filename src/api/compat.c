@@ -194,15 +194,8 @@ int compat_limit_set(const struct api_ctx *ctx, const struct api_request *req, j
 	size_t n = 0;
 	bool replace[2] = {false, false};
 	int rc;
-	/* Refuse keys this endpoint does not know, so a typo is not silently ignored. */
-	const char *key;
-	json_t *val;
-	json_object_foreach(p, key, val) {
-		if (strcmp(key, "ips") != 0 && strcmp(key, target_rules_key(ch)) != 0)
-			return otp_error_set(err, OTP_ERR_INVALID, "invalid_parameter", key,
-			                     "unknown parameter \"%s\": /limit/%s takes \"ips\" and \"%s\"",
-			                     key, otp_channel_name(ch), target_rules_key(ch));
-	}
+	/* Other parameters are ignored, as the old service did (a cache-busting query
+	 * argument must not break a client). */
 	if ((rc = read_rules(p, "ips", OTP_LIMIT_IP, &replace[OTP_LIMIT_IP], rules, &n, err)) != 0 ||
 	    (rc = read_rules(p, target_rules_key(ch), OTP_LIMIT_TARGET, &replace[OTP_LIMIT_TARGET],
 	                     rules, &n, err)) != 0)

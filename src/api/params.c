@@ -296,21 +296,19 @@ int params_ip(json_t *p, const char *name, char **out, struct otp_error *err)
 {
 	*out = NULL;
 	char *s = NULL;
-	int rc = params_string(p, name, false, false, 64, false, &s, err);
+	int rc = params_string(p, name, false, false, PARAMS_IP_MAX, false, &s, err);
 	if (rc != 0 || s == NULL)
 		return rc;
+	/* The old service took any text here ("unknown", a proxy's "a, b" list); so does
+	 * otpd. An address is written in its canonical form so "::FFFF:1.2.3.4" and
+	 * "::ffff:1.2.3.4" count as one IP in the limits. */
 	unsigned char bin[16];
 	char canon[INET6_ADDRSTRLEN];
-	if (inet_pton(AF_INET, s, bin) == 1) {
-		inet_ntop(AF_INET, bin, canon, sizeof canon);
-	} else if (inet_pton(AF_INET6, s, bin) == 1) {
-		inet_ntop(AF_INET6, bin, canon, sizeof canon);
-	} else {
+	if (inet_pton(AF_INET6, s, bin) == 1 && inet_ntop(AF_INET6, bin, canon, sizeof canon)) {
 		free(s);
-		return invalid(err, name, "must be an IPv4 or IPv6 address");
+		s = strdup(canon);
 	}
-	free(s);
-	*out = strdup(canon);
+	*out = s;
 	return *out ? 0 : otp_error_set(err, OTP_ERR_NOMEM, "", name, "out of memory");
 }
 

@@ -39,7 +39,9 @@ int params_email(json_t *p, const char *name, bool required, char **out, struct 
 /* Telegram chat id: an integer (negative for groups) as a number or a string; *out is
  * its canonical decimal text. */
 int params_chat_id(json_t *p, const char *name, bool required, char **out, struct otp_error *err);
-/* Requester IP: an IPv4 or IPv6 address, canonicalised. */
+/* Requester IP as the client gives it (the old service took any text): a string of at
+ * most PARAMS_IP_MAX bytes without control characters; IPv6 addresses canonicalised. */
+#define PARAMS_IP_MAX 64 /* the stores keep at most 64 bytes */
 int params_ip(json_t *p, const char *name, char **out, struct otp_error *err);
 /* Lifetime in seconds: an integer, a float (truncated) or a numeric string, in
  * 1..max. */
