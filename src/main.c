@@ -26,6 +26,7 @@
 #include "http/server.h"
 #include "log.h"
 #include "outbox/outbox.h"
+#include "providers/provider.h"
 #include "store/legacy.h"
 #include "store/store.h"
 
@@ -122,6 +123,35 @@ static int load_key(const struct config *cfg, uint8_t master[OTP_KEY_LEN], char 
 		return -1;
 	}
 	return 0;
+}
+
+/* Build (and drop) the provider of every channel, as the outbox does at start, so
+ * --check-config reports incomplete provider settings too. Prints each problem once;
+ * returns how many there were. */
+static int check_providers(const struct config *cfg)
+{
+	static const char *const channels[] = {"sms", "email", "call", "telegram", "whatsapp"};
+	const char *seen[5] = {NULL};
+	int problems = 0;
+	if (cfg->dummy)
+		return 0;
+	for (int ch = 0; ch < 5; ch++) {
+		const char *name = config_channel_provider(cfg, ch);
+		bool dup = false;
+		for (int i = 0; i < ch; i++)
+			dup = dup || (seen[i] != NULL && strcmp(seen[i], name) == 0);
+		seen[ch] = name;
+		if (dup)
+			continue;
+		char err[512] = "";
+		struct provider *p = provider_new(name, cfg, err, sizeof err);
+		if (p == NULL) {
+			fprintf(stderr, "otpd: provider %s (for %s): %s\n", name, channels[ch], err);
+			problems++;
+		}
+		provider_free(p);
+	}
+	return problems;
 }
 
 static struct store *open_store(const struct config *cfg, char *err, size_t cap)
@@ -415,9 +445,11 @@ int main(int argc, char **argv)
 	log_set_level((enum log_level)cfg->log_level);
 
 	if (cmd != NULL && strcmp(cmd, "--check-config") == 0) {
-		config_dump(cfg, stdout);
+		int problems = check_providers(cfg);
+		if (problems == 0)
+			config_dump(cfg, stdout);
 		config_free(cfg);
-		return 0;
+		return problems == 0 ? 0 : 2;
 	}
 	if (sodium_init() < 0) {
 		fprintf(stderr, "otpd: cannot initialise libsodium\n");
