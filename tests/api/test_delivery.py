@@ -373,10 +373,6 @@ def test_sigterm_waits_for_delivery_in_flight(otpd_factory):
         assert_code_not_logged(o, code)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known bug: outbox_free() (src/outbox/worker.c:771, called from src/main.c:293) joins a "
-    "worker still inside its provider call, so exit waits OTPD_PROVIDER_TIMEOUT beyond "
-    "OTPD_SHUTDOWN_TIMEOUT; README promises 'up to OTPD_SHUTDOWN_TIMEOUT'"))
 def test_sigterm_with_delivery_slower_than_shutdown_timeout(otpd_factory):
     """SIGTERM while the provider holds the request longer than OTPD_SHUTDOWN_TIMEOUT:
     otpd exits 0 within the timeout (plus a margin for the process itself), and the
@@ -725,9 +721,6 @@ def test_refuses_to_start_with_incomplete_provider(tmp_path, env, var):
     assert var in cp.stderr, cp.stderr
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known bug: --check-config (src/main.c:417) only runs config_load/config_dump and "
-    "exits 0; the provider settings are checked only by outbox_new() at start"))
 def test_check_config_names_incomplete_provider(tmp_path):
     """--check-config validates "as otpd itself does at start" (README): a chosen provider
     without its settings is a problem it reports, with exit 2."""
