@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from e2elib import (fakes, outbox, pg_as_owner, pg_bin, quiet,
+from e2elib import (DELIVERY_TIMEOUT, fakes, outbox, pg_as_owner, pg_bin, quiet,
                     secret_key, wait_jobs, wait_until)
 from otpdlib import (assert_error, assert_json, assert_ok, pg_settings, pg_sql, run_otpd,
                      send_body, unique_code, unique_phone)
@@ -51,9 +51,10 @@ class Pair:
         return self.a if i % 2 == 0 else self.b
 
 
-def make_pair(factory, env=None, queue=False):
-    """Start a on a fresh schema, then b on the same schema and key. queue: OTPD_PROVIDER
-    unset (the queue provider, the default) instead of the harness's log provider."""
+def make_pair(factory, env=None, queue=False, start_b=True):
+    """Start a on a fresh schema, then b on the same schema and key (unless start_b is
+    false). queue: OTPD_PROVIDER unset (the queue provider, the default) instead of the
+    harness's log provider."""
     env = dict(env or {}, OTPD_SECRET_KEY=secret_key())
     a = factory(env=env, start=False)
     b = factory(env=env, start=False)
@@ -62,7 +63,8 @@ def make_pair(factory, env=None, queue=False):
         if queue:
             o.env.pop("OTPD_PROVIDER", None)
     a.start()
-    b.start()
+    if start_b:
+        b.start()
     return Pair(a, b)
 
 
@@ -71,8 +73,8 @@ def pair_factory(otpd_factory):
     """make_pair, with b stopped before a at teardown (b must not outlive a's schema)."""
     made = []
 
-    def make(env=None, queue=False):
-        p = make_pair(otpd_factory, env, queue)
+    def make(env=None, queue=False, start_b=True):
+        p = make_pair(otpd_factory, env, queue, start_b)
         made.append(p)
         return p
 
@@ -193,6 +195,30 @@ def test_codes_and_deliveries_across_two_processes(pair_factory):
         delivered_by = [sum(1 for r in o.log_records() if r.get("msg") == "outbox delivery")
                         for o in p]
         assert sum(delivered_by) == 20, delivered_by
+
+
+def test_job_of_a_killed_process_is_delivered_by_the_other(pair_factory):
+    """Process a claims a job and is SIGKILLed while the provider holds the request; the
+    other process, on the same database, re-claims the job when its lease runs out and
+    delivers it."""
+    with fakes.FakeHTTP([{"delay": 60, "times": 1},
+                         {"status": 200, "json": {"status": True}}]) as q:
+        env = {"OTP_QUEUE_URL": q.url, "OTPD_OUTBOX_LEASE": 2, "OTPD_PROVIDER_TIMEOUT": 1}
+        p = pair_factory(env, queue=True, start_b=False)
+        phone, code = unique_phone(), unique_code()
+        p.a.send_ok("sms", phone, code)
+        q.wait_for(1, DELIVERY_TIMEOUT)
+        p.a.kill()
+        p.b.start()
+        reqs = q.wait_for(2, DELIVERY_TIMEOUT)
+        assert reqs[1]["body"] == reqs[0]["body"]
+        assert json.loads(reqs[1]["body"])["json"]["phones"] == phone
+        c = wait_jobs(p.b, lambda c: c["counts"]["sent"] == 1, what="job sent by b")
+        assert c["jobs"][0]["state"] == "sent"
+        assert any(r.get("msg") == "outbox delivery" and r.get("state") == "sent"
+                   for r in p.b.log_records())
+        quiet(q, 2)
+        assert p.b.check("sms", phone, code) is True
 
 
 # ---- PostgreSQL goes away and comes back ------------------------------------------------
