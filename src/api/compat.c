@@ -38,14 +38,6 @@ static int read_password(json_t *p, char **out, struct otp_error *err)
 	return params_string(p, "password", true, true, OTP_CODE_MAX, false, out, err);
 }
 
-static void free_wiped(char *s)
-{
-	if (s != NULL) {
-		sodium_memzero(s, strlen(s));
-		free(s);
-	}
-}
-
 int compat_send(const struct api_ctx *ctx, const struct api_request *req, json_t *p, int arg,
                 struct api_response *resp, struct otp_error *err)
 {
@@ -98,11 +90,11 @@ int compat_send(const struct api_ctx *ctx, const struct api_request *req, json_t
 		reply_status(resp, true);
 out:
 	free(target);
-	free_wiped(password);
-	free_wiped(message);
-	free_wiped(subject);
-	free_wiped(text);
-	free_wiped(html);
+	otp_secret_free(password);
+	otp_secret_free(message);
+	otp_secret_free(subject);
+	otp_secret_free(text);
+	otp_secret_free(html);
 	free(ip);
 	return rc;
 }
@@ -126,7 +118,7 @@ int compat_check(const struct api_ctx *ctx, const struct api_request *req, json_
 		reply_status(resp, ok);
 out:
 	free(target);
-	free_wiped(password);
+	otp_secret_free(password);
 	return rc;
 }
 
@@ -262,7 +254,7 @@ int compat_target(const struct api_ctx *ctx, const struct api_request *req, json
 	}
 	reply_content(resp, json_pack("{s:s}", "target", target));
 out:
-	free_wiped(password);
+	otp_secret_free(password);
 	free(chname);
 	return rc;
 }
@@ -344,7 +336,7 @@ int compat_telegram_webhook(const struct api_ctx *ctx, const struct api_request 
 		.request_id = req->request_id,
 	};
 	int rc = flow_send(ctx, &s, NULL, err);
-	free_wiped(text);
+	otp_secret_free(text);
 	sodium_memzero(code, sizeof code);
 	if (rc == OTP_ERR_LIMIT) {
 		/* Answer 200 so Telegram does not retry a refused update; say why. */

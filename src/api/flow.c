@@ -41,13 +41,9 @@ struct rendered {
 
 static void rendered_fini(struct rendered *r)
 {
-	char *all[] = {r->text, r->subject, r->html};
-	for (size_t i = 0; i < 3; i++) {
-		if (all[i] != NULL) {
-			sodium_memzero(all[i], strlen(all[i]));
-			free(all[i]);
-		}
-	}
+	otp_secret_free(r->text);
+	otp_secret_free(r->subject);
+	otp_secret_free(r->html);
 }
 
 static int render_missing(const struct config *cfg, const struct flow_send *in,

@@ -91,24 +91,15 @@ out:
 	return rc;
 }
 
-static void free_wiped(char **p)
-{
-	if (*p) {
-		sodium_memzero(*p, strlen(*p));
-		free(*p);
-		*p = NULL;
-	}
-}
-
 void otp_message_fini(struct otp_message *m)
 {
 	if (m == NULL)
 		return;
-	free_wiped(&m->target);
-	free_wiped(&m->code);
-	free_wiped(&m->text);
-	free_wiped(&m->subject);
-	free_wiped(&m->html);
+	char **all[] = {&m->target, &m->code, &m->text, &m->subject, &m->html};
+	for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) {
+		otp_secret_free(*all[i]);
+		*all[i] = NULL;
+	}
 }
 
 char *otp_template_render(const char *tmpl, const char *code, int lifetime)

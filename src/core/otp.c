@@ -5,6 +5,7 @@
 #include "core/otp.h"
 
 #include <sodium.h>
+#include <stdlib.h>
 #include <string.h>
 
 static const char *const channel_names[OTP_CH_COUNT] = {
@@ -54,6 +55,14 @@ int otp_key_init(struct otp_key *k, const uint8_t master[OTP_KEY_LEN])
 void otp_key_wipe(struct otp_key *k)
 {
 	sodium_memzero(k, sizeof *k);
+}
+
+void otp_secret_free(char *s)
+{
+	if (s == NULL)
+		return;
+	sodium_memzero(s, strlen(s));
+	free(s);
 }
 
 static void hmac_parts(const uint8_t key[OTP_KEY_LEN], const char *const *parts, size_t n,

@@ -51,6 +51,10 @@ struct otp_key {
 int otp_key_init(struct otp_key *k, const uint8_t master[OTP_KEY_LEN]);
 void otp_key_wipe(struct otp_key *k);
 
+/* Wipe a NUL-terminated secret (a code, a message holding one, a token) and free it.
+ * Accepts NULL. */
+void otp_secret_free(char *s);
+
 /* HMAC-SHA256(hash_key, channel "|" target "|" code): what is stored for a code. */
 void otp_code_hash(const struct otp_key *k, enum otp_channel ch, const char *target,
                    const char *code, uint8_t out[OTP_HASH_LEN]);

@@ -173,8 +173,7 @@ static int queue_send(struct provider *p, const struct otp_message *m, int64_t j
 		.body_len = strlen(body),
 	};
 	rc = provider_http_send(qp->cfg, &req, &resp, r);
-	sodium_memzero(body, strlen(body)); /* it holds the code */
-	free(body);
+	otp_secret_free(body); /* it holds the code */
 	provider_result_scrub(r, m->code, qp->cfg->telegram_app_token);
 	return rc;
 }

@@ -61,8 +61,7 @@ static int telegram_send(struct provider *p, const struct otp_message *m, int64_
 		.redact = tp->cfg->telegram_app_token,
 	};
 	int rc = provider_http_send(tp->cfg, &req, &resp, r);
-	sodium_memzero(body, strlen(body));
-	free(body);
+	otp_secret_free(body);
 	if (rc != 0 && resp.status == 500 &&
 	    strncmp(resp.body, TELEGRAM_SENT_QUIRK, strlen(TELEGRAM_SENT_QUIRK)) == 0) {
 		r->error[0] = '\0';
@@ -83,10 +82,7 @@ static void telegram_free(struct provider *p)
 	if (tp == NULL)
 		return;
 	free(tp->msg_url);
-	if (tp->auth_header != NULL) {
-		sodium_memzero(tp->auth_header, strlen(tp->auth_header));
-		free(tp->auth_header);
-	}
+	otp_secret_free(tp->auth_header);
 	free(tp);
 }
 

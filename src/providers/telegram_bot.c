@@ -59,8 +59,7 @@ static int bot_send(struct provider *p, const struct otp_message *m, int64_t job
 		.redact = token,
 	};
 	int rc = provider_http_send(bp->cfg, &req, &resp, r);
-	sodium_memzero(body, strlen(body));
-	free(body);
+	otp_secret_free(body);
 	if (resp.status == 0)
 		goto out; /* no answer: r->error says why */
 
@@ -94,10 +93,7 @@ static void bot_free(struct provider *p)
 	struct bot_provider *bp = (struct bot_provider *)p;
 	if (bp == NULL)
 		return;
-	if (bp->send_url != NULL) {
-		sodium_memzero(bp->send_url, strlen(bp->send_url));
-		free(bp->send_url);
-	}
+	otp_secret_free(bp->send_url);
 	free(bp);
 }
 

@@ -86,8 +86,7 @@ static int whatsapp_send(struct provider *p, const struct otp_message *m, int64_
 		.redact = wp->cfg->whatsapp_token,
 	};
 	int rc = provider_http_send(wp->cfg, &req, &resp, r);
-	sodium_memzero(body, strlen(body));
-	free(body);
+	otp_secret_free(body);
 	if (resp.status == 0)
 		goto out;
 	json_t *ans = json_loadb(resp.body, resp.len, 0, NULL);
@@ -122,10 +121,7 @@ static void whatsapp_free(struct provider *p)
 	if (wp == NULL)
 		return;
 	free(wp->url);
-	if (wp->auth_header != NULL) {
-		sodium_memzero(wp->auth_header, strlen(wp->auth_header));
-		free(wp->auth_header);
-	}
+	otp_secret_free(wp->auth_header);
 	free(wp);
 }
 

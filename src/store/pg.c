@@ -1538,10 +1538,7 @@ static void pg_free(struct pg_store *s)
 	for (int i = 0; s->conns && i < s->n; i++)
 		pg_disconnect(&s->conns[i]);
 	free(s->conns);
-	if (s->password != NULL) {
-		sodium_memzero(s->password, strlen(s->password));
-		free(s->password);
-	}
+	otp_secret_free(s->password);
 	free(s->host);
 	free(s->real_host);
 	free(s->port);
