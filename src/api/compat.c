@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "api/compat.h"
 #include "api/flow.h"
 #include "api/handlers.h"
 #include "api/params.h"
@@ -16,9 +17,6 @@
 #include "core/num.h"
 #include "log.h"
 
-#define MESSAGE_MAX 4096
-#define SUBJECT_MAX 998
-#define BODY_PART_MAX 65536
 
 static int read_target(json_t *p, enum otp_channel ch, char **out, struct otp_error *err)
 {
@@ -38,33 +36,55 @@ static int read_password(json_t *p, char **out, struct otp_error *err)
 	return params_string(p, "password", true, true, OTP_CODE_MAX, false, out, err);
 }
 
+int compat_read_send(json_t *p, enum otp_channel ch, int max_lifetime,
+                     struct compat_send_fields *f, struct otp_error *err)
+{
+	int rc;
+	memset(f, 0, sizeof *f);
+	/* Field order of COMPAT.md: the first missing or bad field is the one reported. */
+	if ((rc = read_target(p, ch, &f->target, err)) != 0 ||
+	    (rc = read_password(p, &f->password, err)) != 0)
+		return rc;
+	if (ch == OTP_CH_SMS || ch == OTP_CH_TELEGRAM) {
+		if ((rc = params_string(p, "message", true, true, COMPAT_MESSAGE_MAX, true, &f->message,
+		                        err)) != 0)
+			return rc;
+	} else if (ch == OTP_CH_EMAIL) {
+		if ((rc = params_string(p, "subject", true, true, COMPAT_SUBJECT_MAX, false, &f->subject,
+		                        err)) != 0)
+			return rc;
+	}
+	if ((rc = params_lifetime(p, "lifetime", max_lifetime, &f->lifetime, err)) != 0)
+		return rc;
+	if (ch == OTP_CH_EMAIL &&
+	    ((rc = params_string(p, "text", false, true, COMPAT_BODY_PART_MAX, true, &f->text, err)) != 0 ||
+	     (rc = params_string(p, "html", false, true, COMPAT_BODY_PART_MAX, true, &f->html, err)) != 0))
+		return rc;
+	return params_ip(p, "ip", &f->ip, err);
+}
+
+void compat_send_fields_fini(struct compat_send_fields *f)
+{
+	free(f->target);
+	otp_secret_free(f->password);
+	otp_secret_free(f->message);
+	otp_secret_free(f->subject);
+	otp_secret_free(f->text);
+	otp_secret_free(f->html);
+	free(f->ip);
+	memset(f, 0, sizeof *f);
+}
+
 int compat_send(const struct api_ctx *ctx, const struct api_request *req, json_t *p, int arg,
                 struct api_response *resp, struct otp_error *err)
 {
 	enum otp_channel ch = (enum otp_channel)arg;
-	char *target = NULL, *password = NULL, *message = NULL, *subject = NULL, *text = NULL,
-	     *html = NULL, *ip = NULL;
-	int lifetime = 0, rc;
-
-	/* Field order of COMPAT.md: the first missing or bad field is the one reported. */
-	if ((rc = read_target(p, ch, &target, err)) != 0 || (rc = read_password(p, &password, err)) != 0)
+	struct compat_send_fields f;
+	int rc = compat_read_send(p, ch, ctx->cfg->max_lifetime, &f, err);
+	if (rc != 0)
 		goto out;
-	if (ch == OTP_CH_SMS || ch == OTP_CH_TELEGRAM) {
-		if ((rc = params_string(p, "message", true, true, MESSAGE_MAX, true, &message, err)) != 0)
-			goto out;
-	} else if (ch == OTP_CH_EMAIL) {
-		if ((rc = params_string(p, "subject", true, true, SUBJECT_MAX, false, &subject, err)) != 0)
-			goto out;
-	}
-	if ((rc = params_lifetime(p, "lifetime", ctx->cfg->max_lifetime, &lifetime, err)) != 0)
-		goto out;
-	if (ch == OTP_CH_EMAIL &&
-	    ((rc = params_string(p, "text", false, true, BODY_PART_MAX, true, &text, err)) != 0 ||
-	     (rc = params_string(p, "html", false, true, BODY_PART_MAX, true, &html, err)) != 0))
-		goto out;
-	if ((rc = params_ip(p, "ip", &ip, err)) != 0)
-		goto out;
-	if (ip == NULL) {
+	if (f.ip == NULL) {
+		/* `ip` is required only while the channel has IP rules: asked only when absent */
 		bool required = false;
 		if ((rc = flow_ip_required(ctx, ch, &required, err)) != 0)
 			goto out;
@@ -73,29 +93,33 @@ int compat_send(const struct api_ctx *ctx, const struct api_request *req, json_t
 			goto out;
 		}
 	}
-
 	struct flow_send s = {
 		.channel = ch,
-		.target = target,
-		.code = password,
-		.lifetime = lifetime,
-		.ip = ip,
-		.text = ch == OTP_CH_EMAIL ? text : message,
-		.subject = subject,
-		.html = html,
+		.target = f.target,
+		.code = f.password,
+		.lifetime = f.lifetime,
+		.ip = f.ip,
+		.text = ch == OTP_CH_EMAIL ? f.text : f.message,
+		.subject = f.subject,
+		.html = f.html,
 		.request_id = req->request_id,
 	};
 	rc = flow_send(ctx, &s, NULL, err);
 	if (rc == 0)
 		reply_status(resp, true);
 out:
-	free(target);
-	otp_secret_free(password);
-	otp_secret_free(message);
-	otp_secret_free(subject);
-	otp_secret_free(text);
-	otp_secret_free(html);
-	free(ip);
+	compat_send_fields_fini(&f);
+	return rc;
+}
+
+int compat_read_check(json_t *p, enum otp_channel ch, char **target, char **password,
+                      struct otp_error *err)
+{
+	*target = NULL;
+	*password = NULL;
+	int rc = read_target(p, ch, target, err);
+	if (rc == 0)
+		rc = read_password(p, password, err);
 	return rc;
 }
 
@@ -105,8 +129,8 @@ int compat_check(const struct api_ctx *ctx, const struct api_request *req, json_
 	(void)req;
 	enum otp_channel ch = (enum otp_channel)arg;
 	char *target = NULL, *password = NULL;
-	int rc;
-	if ((rc = read_target(p, ch, &target, err)) != 0 || (rc = read_password(p, &password, err)) != 0)
+	int rc = compat_read_check(p, ch, &target, &password, err);
+	if (rc != 0)
 		goto out;
 	/* /sms/check also accepts codes sent by /call, as the old service did. */
 	unsigned mask = OTP_CH_BIT(ch);
