@@ -76,7 +76,7 @@ run_one() {
 	local t=$1
 	local bin="$build/tests/fuzz/fuzz_$t" seeds="$root/tests/fuzz/corpus/$t"
 	local log="$build/logs/$t.log" rc=0 dict
-	local -a opts=(-max_len="$(max_len "$t")")
+	local -a opts=(-max_len="$(max_len "$t")" -artifact_prefix="$build/artifacts/$t/")
 	dict=$(dict_file "$t")
 	[ -z "$dict" ] || opts+=(-dict="$dict")
 	mkdir -p "$build/logs" "$build/corpus/$t" "$build/artifacts/$t"
@@ -84,8 +84,7 @@ run_one() {
 		"$bin" -runs=0 "${opts[@]}" "$seeds" >"$log" 2>&1 || rc=$?
 	else
 		"$bin" -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 \
-			-print_final_stats=1 "${opts[@]}" \
-			-artifact_prefix="$build/artifacts/$t/" "$build/corpus/$t" "$seeds" >"$log" 2>&1 || rc=$?
+			-print_final_stats=1 "${opts[@]}" "$build/corpus/$t" "$seeds" >"$log" 2>&1 || rc=$?
 	fi
 	if [ $rc -ne 0 ]; then
 		echo "fuzz: $t FAILED (exit $rc); log: $log" >&2

@@ -139,8 +139,18 @@ static void try_ip(json_t *p, const char *name)
 		CHECK(s == NULL);
 		return;
 	}
+	/* any text, bounded, without control characters; an IPv6 address canonical */
+	size_t n = strlen(s);
+	CHECK(n > 0 && n <= PARAMS_IP_MAX);
+	for (const unsigned char *c = (const unsigned char *)s; *c; c++)
+		CHECK(*c >= 0x20 && *c != 0x7f);
+	check_utf8(s);
 	unsigned char bin[16];
-	CHECK(inet_pton(AF_INET, s, bin) == 1 || inet_pton(AF_INET6, s, bin) == 1);
+	char canon[INET6_ADDRSTRLEN];
+	if (inet_pton(AF_INET6, s, bin) == 1) {
+		CHECK(inet_ntop(AF_INET6, bin, canon, sizeof canon) != NULL);
+		CHECK(strcmp(canon, s) == 0);
+	}
 	free(s);
 }
 
