@@ -23,6 +23,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "core/num.h"
 #include "log.h"
 
 struct http_server {
@@ -177,13 +178,13 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *con, const c
 		set_request_id(c, MHD_lookup_connection_value(con, MHD_HEADER_KIND, "X-Request-Id"));
 		const char *cl = MHD_lookup_connection_value(con, MHD_HEADER_KIND,
 		                                             MHD_HTTP_HEADER_CONTENT_LENGTH);
-		if (cl != NULL) {
-			char *end = NULL;
-			unsigned long long n = strtoull(cl, &end, 10);
-			if (end != cl && (n > (unsigned long long)s->cfg->max_body_bytes))
-				return send_error(con, c, method, url, OTP_ERR_TOO_LARGE, "too_large",
-				                  "the request body is larger than OTPD_MAX_BODY_BYTES");
-		}
+		int64_t declared = 0;
+		/* libmicrohttpd has already refused a Content-Length that is not a number; one
+		 * too large for int64 is over any limit */
+		if (cl != NULL && (otp_parse_i64(cl, 0, INT64_MAX, &declared) != 0 ||
+		                   declared > s->cfg->max_body_bytes))
+			return send_error(con, c, method, url, OTP_ERR_TOO_LARGE, "too_large",
+			                  "the request body is larger than OTPD_MAX_BODY_BYTES");
 		return MHD_YES;
 	}
 
