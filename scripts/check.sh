@@ -45,4 +45,7 @@ meson test -C "$ASAN_BUILD" --print-errorlogs
 step "API tests under sanitizers"
 OTPD_BIN="$ASAN_BUILD/otpd" $PY -m pytest -q -p no:cacheprovider tests/api
 
+step "fuzz targets over their seed corpora (clang, ASan+UBSan)"
+bash scripts/fuzz.sh --smoke
+
 step "all checks passed"
