@@ -13,7 +13,7 @@ PKGS=(
 )
 # Extra tools for `make check` / `make bench` / fuzzing.
 case "${1:-}" in
-  --check) PKGS+=(clang cppcheck) ;;
+  --check) PKGS+=(clang libclang-rt-14-dev cppcheck) ;;
   --bench) PKGS+=(wrk nginx-light php-fpm php-sqlite3 php-pgsql) ;;
 esac
 
