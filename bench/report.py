@@ -91,16 +91,32 @@ def main():
             ratio, " ".join("%.0f" % r["rps"] for r in recs), answers))
     notes = []
     for key in order:
-        d = drains.get(key)
+        d = [x for x in drains.get(key, [])]
         if not d:
             continue
         backlog = statistics.median(x["backlog"] for x in d)
         secs = statistics.median(x["seconds"] for x in d)
         left = max(x["left"] for x in d)
-        notes.append("- %s, %s: a timed run left a median of %d outbox jobs undelivered; "
-                     "they were delivered %.1f s (median) after the run%s." % (
-                         key[0], key[1], backlog, secs,
-                         "" if left == 0 else " (**%d still left after 120 s**)" % left))
+        if max(x["backlog"] for x in d) == 0:
+            notes.append("- %s, %s: no outbox backlog after any run." % key)
+            continue
+        line = ("- %s, %s: a timed run left a median of %d outbox jobs undelivered; "
+                "they were delivered %.1f s (median) after the run%s." % (
+                    key[0], key[1], backlog, secs,
+                    "" if left == 0 else " (**%d still left after 120 s**)" % left))
+        # Sends per second with their delivery included: each run's requests over the
+        # run's time plus the time its backlog took to drain.
+        recs = runs[key]
+        if len(d) == len(recs) and backlog > 0:
+            sustained = statistics.median(
+                r["requests"] / (r["duration_us"] / 1e6 + x["seconds"]) for r, x in zip(recs, d))
+            base = [k for k in order if k[0] == key[0] and roles[k] == "baseline"]
+            line += " Counting that time, otpd sustained **%.0f sends/s with delivery**" % sustained
+            if base:
+                line += " (%.2f× %s, whose figure includes its synchronous Queue call)" % (
+                    sustained / med[base[0]]["rps"], base[0][1])
+            line += "."
+        notes.append(line)
     if notes:
         out.append("")
         out.append("Outbox (otpd answers a send once the code and its delivery job are "

@@ -18,17 +18,18 @@
 #   send-pg-dummy                       (not run by default) POST /sms on PostgreSQL with
 #                                       DUMMY=true: the send without the outbox's work
 #
-# Environment: BENCH_DURATION (seconds per run, 6), BENCH_RUNS (3), BENCH_WARMUP (2),
+# Environment: BENCH_DURATION (seconds per run, 4), BENCH_RUNS (3), BENCH_WARMUP (2),
 # BENCH_CONNECTIONS (16), BENCH_THREADS (2), BENCH_CHECK_PHONES (1000),
 # BENCH_SCENARIOS (space-separated subset), BENCH_PG (auto | 0), OTPD_BIN,
-# BENCH_KEEP=1 (keep the work directory), BENCH_OUT (bench/results/latest.md).
+# BENCH_KEEP=1 (keep the work directory), BENCH_OUT (bench/results/latest.md),
+# BENCH_OTPD_ENV (extra VAR=value settings for every otpd, e.g. "OTPD_PG_POOL=16").
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 root=$PWD
 export BENCH_DIR="$root/bench"
 
-duration=${BENCH_DURATION:-6}
+duration=${BENCH_DURATION:-4}
 runs=${BENCH_RUNS:-3}
 warmup=${BENCH_WARMUP:-2}
 conns=${BENCH_CONNECTIONS:-16}
@@ -126,12 +127,14 @@ start_otpd() {
 	local name=$1
 	shift
 	local port dir="$work/otpd-$name"
+	local -a extra=()
+	read -r -a extra <<<"${BENCH_OTPD_ENV:-}"
 	mkdir -p "$dir"
 	port=$(free_port)
 	env -i PATH="$PATH" \
 		OTPD_LISTEN="127.0.0.1:$port" OTPD_DATA_DIR="$dir" OTPD_LOG_LEVEL=warn \
 		OTPD_PROVIDER=log OTPD_THREADS="$legacy_children" OTPD_MAX_CHECK_ATTEMPTS=0 "$@" \
-		"$otpd" >"$dir/otpd.log" 2>&1 &
+		"${extra[@]+"${extra[@]}"}" "$otpd" >"$dir/otpd.log" 2>&1 &
 	otpd_pid=$!
 	pids+=("$otpd_pid")
 	otpd_url="http://127.0.0.1:$port"
@@ -209,12 +212,13 @@ measure() {
 has() { [[ " $scenarios " == *" $1 "* ]]; }
 
 # ---- machine ---------------------------------------------------------------------------
+load_start=$(cut -d' ' -f1 /proc/loadavg)
 cpu=$(lscpu 2>/dev/null | sed -n 's/^Model name:[[:space:]]*//p' | head -n 1)
 [ -n "$cpu" ] || cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
 {
 	echo "machine	nproc $(nproc), CPU ${cpu:-unknown}, $(awk '/MemTotal/ {printf "%.1f GiB RAM", $2/1048576}' /proc/meminfo), Linux $(uname -r), work dir on $(df -T "$work" | awk 'NR==2 {print $2}')"
 	echo "versions	$("$otpd" --version 2>/dev/null | head -n 1 || echo "otpd ?"); $(wrk -v 2>&1 | head -n 1 | awk '{print $1, $2}'); ${nginx_bin:+$("$nginx_bin" -v 2>&1 | sed 's/^nginx version: //')}; ${fpm_bin:+$("$fpm_bin" -v 2>/dev/null | head -n 1 | awk '{print $1, $2}')}; SQLite $(sqlite3 --version 2>/dev/null | awk '{print $1}')"
-	echo "settings	wrk -t$wthreads -c$conns, $runs runs of ${duration}s after a ${warmup}s warm-up per server, runs alternating between the servers of a scenario; otpd and php-fpm with $legacy_children workers each"
+	echo "settings	wrk -t$wthreads -c$conns, $runs runs of ${duration}s after a ${warmup}s warm-up per server, runs alternating between the servers of a scenario; otpd and php-fpm with $legacy_children workers each${BENCH_OTPD_ENV:+; otpd with $BENCH_OTPD_ENV}"
 } >"$work/machine.tsv"
 
 # ---- baselines: nginx (static answer, fake Queue, FastCGI front of the PHP) -------------
@@ -443,6 +447,7 @@ if has check-pg && [ -n "$pg_port" ]; then
 	stop_pid "$otpd_pid"
 fi
 
+echo "load	1-minute load average $load_start at the start, $(cut -d' ' -f1 /proc/loadavg) at the end (other work on the machine skews both sides of a ratio alike only while runs alternate)" >>"$work/machine.tsv"
 mkdir -p "$(dirname "$out")"
 "$py" "$root/bench/report.py" "$work/machine.tsv" "$results" >"$out.tmp"
 mv "$out.tmp" "$out"
