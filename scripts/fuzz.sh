@@ -43,11 +43,12 @@ command -v clang >/dev/null || { echo "fuzz: clang is missing (scripts/deps.sh -
 # -fsanitize=fuzzer (tests/fuzz/meson.build). UB aborts instead of printing and going on.
 cflags="-fsanitize=fuzzer-no-link -fno-sanitize-recover=all -fno-omit-frame-pointer -g"
 if [ ! -f "$build/build.ninja" ]; then
+	setup_log=$(mktemp)
 	CC=clang meson setup "$build" -Dfuzz=true -Db_sanitize=address,undefined \
 		-Db_lundef=false -Dbuildtype=debugoptimized -Dwerror=true \
-		-Dc_args="$cflags" >"$build.setup.log" 2>&1 ||
-		{ cat "$build.setup.log" >&2; exit 1; }
-	rm -f "$build.setup.log"
+		-Dc_args="$cflags" >"$setup_log" 2>&1 ||
+		{ cat "$setup_log" >&2; rm -f "$setup_log"; exit 1; }
+	rm -f "$setup_log"
 fi
 bins=()
 for t in "${targets[@]}"; do bins+=("tests/fuzz/fuzz_$t"); done
