@@ -7,6 +7,7 @@ local fake providers); nothing here mocks otpd.
                      comparing two of them checks equality AND key order
   outbox(o, **q)     GET /admin/outbox?q... -> its "content" ({"jobs": [...], "counts": {...}})
   wait_jobs(o, pred, timeout, **q)   poll /admin/outbox until pred(content) is true
+  all_in_state(n, state)             a wait_jobs predicate: n jobs, all in state
   wait_until(pred, timeout, what)    poll any condition (20 ms steps), fail with `what`
   assert_code_not_logged(o, *codes)  no log line of o contains any of the codes
   quiet(fake, n, settle)             wait until fake has n records, then `settle` seconds
@@ -79,6 +80,15 @@ def wait_jobs(o, pred, timeout=DELIVERY_TIMEOUT, what="outbox state", **query):
     except AssertionError as e:
         raise AssertionError(f"{e}; last /admin/outbox: {json.dumps(last.get('c'))}\n"
                              + o.log_tail(30)) from None
+
+
+def all_in_state(n, state="sent"):
+    """A wait_jobs predicate: exactly n jobs, all in `state`, in both the list and the
+    counts (the endpoint reads them one after the other, so check both)."""
+    def pred(c):
+        return (c["counts"][state] == n and len(c["jobs"]) == n
+                and all(j["state"] == state for j in c["jobs"]))
+    return pred
 
 
 def only_job(content):

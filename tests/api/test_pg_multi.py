@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from e2elib import (DELIVERY_TIMEOUT, fakes, outbox, pg_as_owner, pg_bin, quiet,
+from e2elib import (DELIVERY_TIMEOUT, all_in_state, fakes, outbox, pg_as_owner, pg_bin, quiet,
                     secret_key, wait_jobs, wait_until)
 from otpdlib import (assert_error, assert_json, assert_ok, pg_settings, pg_sql, run_otpd,
                      send_body, unique_code, unique_phone)
@@ -187,7 +187,7 @@ def test_codes_and_deliveries_across_two_processes(pair_factory):
         for i, (phone, code) in enumerate(sends):
             assert p.pick(i + 1).check("sms", phone, code) is True
         for o in p:
-            c = wait_jobs(o, lambda c: c["counts"]["sent"] == 20, what="20 jobs sent")
+            c = wait_jobs(o, all_in_state(20), what="20 jobs sent")
             assert c["counts"] == {"pending": 0, "sending": 0, "sent": 20, "dead": 0,
                                    "skipped": 0}
             assert all(j["attempts"] == 1 for j in c["jobs"]), c
@@ -213,7 +213,7 @@ def test_job_of_a_killed_process_is_delivered_by_the_other(pair_factory):
         reqs = q.wait_for(2, DELIVERY_TIMEOUT)
         assert reqs[1]["body"] == reqs[0]["body"]
         assert json.loads(reqs[1]["body"])["json"]["phones"] == phone
-        c = wait_jobs(p.b, lambda c: c["counts"]["sent"] == 1, what="job sent by b")
+        c = wait_jobs(p.b, all_in_state(1), what="job sent by b")
         assert c["jobs"][0]["state"] == "sent"
         assert any(r.get("msg") == "outbox delivery" and r.get("state") == "sent"
                    for r in p.b.log_records())
