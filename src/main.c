@@ -304,7 +304,11 @@ static int serve(const struct config *cfg)
 	log_write(LOG_INFO, "shutting down", "signal", sig == SIGTERM ? "SIGTERM" : "SIGINT", LOG_END);
 	status = 0;
 
-out:
+out:;
+	/* One OTPD_SHUTDOWN_TIMEOUT for the whole stop: the outbox keeps delivering while
+	 * the HTTP side drains, and gets what is left of the deadline after it. */
+	struct timespec t0, t1;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
 	if (http != NULL) {
 		http_server_drain(http, cfg->shutdown_timeout);
 		http_server_stop(http);
@@ -319,7 +323,9 @@ out:
 		pthread_mutex_destroy(&jan.mu);
 	}
 	if (outbox != NULL) {
-		outbox_stop(outbox, cfg->shutdown_timeout);
+		clock_gettime(CLOCK_MONOTONIC, &t1);
+		int left = cfg->shutdown_timeout - (int)(t1.tv_sec - t0.tv_sec);
+		outbox_stop(outbox, left > 0 ? left : 0);
 		outbox_free(outbox);
 	}
 	store_close(store);
