@@ -19,7 +19,7 @@ struct queue_provider {
 	char *task_url;
 };
 
-/* The old service built these URLs with sprintf('%s/sms', ...): no trimming. */
+/* The old service built these URLs by plain concatenation ("{url}/sms"): no trimming. */
 static char *join(const char *base, const char *suffix)
 {
 	size_t n = strlen(base) + strlen(suffix) + 1;
