@@ -201,6 +201,20 @@ static int read_rules(json_t *p, const char *key, enum otp_limit_kind kind, bool
 	return 0;
 }
 
+int compat_read_limits(json_t *p, enum otp_channel ch, struct otp_limit_rule *rules,
+                       size_t *n, bool replace[2], struct otp_error *err)
+{
+	*n = 0;
+	replace[0] = replace[1] = false;
+	/* Other parameters are ignored, as the old service did (a cache-busting query
+	 * argument must not break a client). */
+	int rc = read_rules(p, "ips", OTP_LIMIT_IP, &replace[OTP_LIMIT_IP], rules, n, err);
+	if (rc == 0)
+		rc = read_rules(p, target_rules_key(ch), OTP_LIMIT_TARGET, &replace[OTP_LIMIT_TARGET],
+		                rules, n, err);
+	return rc;
+}
+
 int compat_limit_set(const struct api_ctx *ctx, const struct api_request *req, json_t *p,
                      int arg, struct api_response *resp, struct otp_error *err)
 {
@@ -208,13 +222,9 @@ int compat_limit_set(const struct api_ctx *ctx, const struct api_request *req, j
 	enum otp_channel ch = (enum otp_channel)arg;
 	struct otp_limit_rule rules[2 * OTP_LIMIT_RULES_MAX];
 	size_t n = 0;
-	bool replace[2] = {false, false};
-	int rc;
-	/* Other parameters are ignored, as the old service did (a cache-busting query
-	 * argument must not break a client). */
-	if ((rc = read_rules(p, "ips", OTP_LIMIT_IP, &replace[OTP_LIMIT_IP], rules, &n, err)) != 0 ||
-	    (rc = read_rules(p, target_rules_key(ch), OTP_LIMIT_TARGET, &replace[OTP_LIMIT_TARGET],
-	                     rules, &n, err)) != 0)
+	bool replace[2];
+	int rc = compat_read_limits(p, ch, rules, &n, replace, err);
+	if (rc != 0)
 		return rc;
 	if (store_set_limits(ctx->store, ch, replace, rules, n) != 0)
 		return otp_error_set(err, OTP_ERR_STORE, "unavailable", "",

@@ -7,8 +7,11 @@
 #define OTPD_API_COMPAT_H
 
 #include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
 
 #include "core/errors.h"
+#include "core/limits.h"
 #include "core/otp.h"
 
 #define COMPAT_MESSAGE_MAX 4096   /* sms / telegram message, bytes */
@@ -33,5 +36,11 @@ void compat_send_fields_fini(struct compat_send_fields *f);
  * password with otp_secret_free). */
 int compat_read_check(json_t *p, enum otp_channel ch, char **target, char **password,
                       struct otp_error *err);
+
+/* Read the rule lists of POST /limit/<ch> ("ips" and "phones" / "emails" / "chat_ids")
+ * into rules (room for 2 * OTP_LIMIT_RULES_MAX), in order; replace[kind] says which lists
+ * were present. A bad item fails the whole request, naming it. */
+int compat_read_limits(json_t *p, enum otp_channel ch, struct otp_limit_rule *rules,
+                       size_t *n, bool replace[2], struct otp_error *err);
 
 #endif

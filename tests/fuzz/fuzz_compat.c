@@ -120,6 +120,27 @@ static void check_fields(json_t *p, enum otp_channel ch)
 	otp_secret_free(password);
 }
 
+/* compat_limit_set up to store_set_limits(): every rule read is within otpd's bounds,
+ * and a failure names the list or item it refused. */
+static void limit_fields(json_t *p, enum otp_channel ch)
+{
+	struct otp_limit_rule rules[2 * OTP_LIMIT_RULES_MAX];
+	size_t n = 0;
+	bool replace[2];
+	struct otp_error err = {0};
+	int rc = compat_read_limits(p, ch, rules, &n, replace, &err);
+	if (rc != 0) {
+		CHECK(rc == OTP_ERR_INVALID && err.field[0] != '\0' && err.message[0] != '\0');
+		return;
+	}
+	CHECK(n <= 2 * OTP_LIMIT_RULES_MAX);
+	for (size_t i = 0; i < n; i++) {
+		CHECK(rules[i].minutes >= 1 && rules[i].minutes <= OTP_LIMIT_MINUTES_MAX);
+		CHECK(rules[i].rate >= 0 && rules[i].rate <= OTP_LIMIT_RATE_MAX);
+		CHECK(replace[rules[i].kind]);
+	}
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	/* the channels of the compat routes (/sms, /call, /email, /telegram and checks) */
@@ -133,6 +154,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		for (size_t i = 0; i < sizeof chans / sizeof chans[0]; i++) {
 			send_fields(p, chans[i]);
 			check_fields(p, chans[i]);
+			limit_fields(p, chans[i]);
 		}
 		json_decref(p);
 	} else {
