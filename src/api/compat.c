@@ -83,16 +83,8 @@ int compat_send(const struct api_ctx *ctx, const struct api_request *req, json_t
 	int rc = compat_read_send(p, ch, ctx->cfg->max_lifetime, &f, err);
 	if (rc != 0)
 		goto out;
-	if (f.ip == NULL) {
-		/* `ip` is required only while the channel has IP rules: asked only when absent */
-		bool required = false;
-		if ((rc = flow_ip_required(ctx, ch, &required, err)) != 0)
-			goto out;
-		if (required) {
-			rc = params_missing("ip", err);
-			goto out;
-		}
-	}
+	/* `ip` is required while the channel has IP rules: the store decides that on the
+	 * rules its send transaction reads, so it costs no query of its own */
 	struct flow_send s = {
 		.channel = ch,
 		.target = f.target,
@@ -102,6 +94,7 @@ int compat_send(const struct api_ctx *ctx, const struct api_request *req, json_t
 		.text = ch == OTP_CH_EMAIL ? f.text : f.message,
 		.subject = f.subject,
 		.html = f.html,
+		.require_ip = true,
 		.request_id = req->request_id,
 	};
 	rc = flow_send(ctx, &s, NULL, err);

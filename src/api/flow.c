@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "api/params.h"
 #include "core/message.h"
 #include "log.h"
 
@@ -95,6 +96,7 @@ int flow_send(const struct api_ctx *ctx, const struct flow_send *in, int64_t *jo
 	req.now = ctx->now();
 	req.expire_at = req.now + in->lifetime;
 	req.request_id = in->request_id;
+	req.require_ip = in->require_ip;
 	otp_code_hash(ctx->key, in->channel, in->target, in->code, req.code_hash);
 	otp_lookup_hash(ctx->key, in->channel, in->code, req.lookup_hash);
 	if (cfg->password_readback) {
@@ -140,6 +142,10 @@ int flow_send(const struct api_ctx *ctx, const struct flow_send *in, int64_t *jo
 		otp_error_set(err, OTP_ERR_LIMIT,
 		              otp_limit_status_code(in->channel, res.refused_by.kind), "",
 		              "%s", otp_limit_message(in->channel, res.refused_by.kind));
+		goto out;
+	}
+	if (rc == OTP_ERR_INVALID && res.ip_required) {
+		params_missing("ip", err);
 		goto out;
 	}
 	if (rc != 0) {
@@ -192,18 +198,5 @@ int flow_check(const struct api_ctx *ctx, enum otp_channel channel, unsigned mas
 	sodium_memzero(&req.presented, sizeof req.presented);
 	if (rc != 0)
 		return store_failed(err);
-	return 0;
-}
-
-int flow_ip_required(const struct api_ctx *ctx, enum otp_channel channel, bool *required,
-                     struct otp_error *err)
-{
-	struct store_limits lim;
-	*required = false;
-	if (store_get_limits(ctx->store, channel, &lim) != 0)
-		return store_failed(err);
-	for (size_t i = 0; i < lim.n; i++)
-		if (lim.rules[i].kind == OTP_LIMIT_IP)
-			*required = true;
 	return 0;
 }

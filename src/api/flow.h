@@ -20,11 +20,13 @@ struct flow_send {
 	const char *text;      /* message / email text; may be NULL */
 	const char *subject;   /* email */
 	const char *html;      /* email; may be NULL */
+	bool require_ip;       /* `ip` is required while the channel has IP rules (compat) */
 	const char *request_id;
 };
 
 /* Returns 0, or a negative enum otp_err with err filled (OTP_ERR_LIMIT with the compat
- * status_code, OTP_ERR_STORE, ...). *job_id (may be NULL) gets the delivery job's id. */
+ * status_code, OTP_ERR_INVALID for a missing required ip, OTP_ERR_STORE, ...). *job_id
+ * (may be NULL) gets the delivery job's id. */
 int flow_send(const struct api_ctx *ctx, const struct flow_send *in, int64_t *job_id,
               struct otp_error *err);
 
@@ -32,9 +34,5 @@ int flow_send(const struct api_ctx *ctx, const struct flow_send *in, int64_t *jo
  * counts against the attempt limit of (channel, target). */
 int flow_check(const struct api_ctx *ctx, enum otp_channel channel, unsigned mask,
                const char *target, const char *code, bool *ok, struct otp_error *err);
-
-/* Does the channel have IP rules (so `ip` is required)? */
-int flow_ip_required(const struct api_ctx *ctx, enum otp_channel channel, bool *required,
-                     struct otp_error *err);
 
 #endif

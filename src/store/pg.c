@@ -944,6 +944,10 @@ static int pg_send_txn(struct pg_conn *c, void *arg)
 		bool ip_rules = false;
 		for (size_t i = 0; i < n; i++)
 			ip_rules = ip_rules || rules[i].kind == OTP_LIMIT_IP;
+		if (ip_rules && q->require_ip && q->ip == NULL) {
+			x->res->ip_required = true;
+			return OTP_ERR_INVALID; /* pg_run rolls back: nothing written */
+		}
 		int64_t ip_key = ip_rules && q->ip ? pg_lock_key('i', q->channel, q->ip) : 0;
 		rc = pg_lock(c, pg_lock_key('t', q->channel, q->target),
 		             ip_rules && q->ip ? &ip_key : NULL);

@@ -677,6 +677,12 @@ static int send_fn(struct conn *c, void *arg)
 	sqlite3_stmt *st;
 
 	int rc = load_rules(c, req->channel, rules, 2 * OTP_LIMIT_RULES_MAX, &n);
+	for (size_t i = 0; rc == 0 && req->require_ip && req->ip == NULL && i < n; i++) {
+		if (rules[i].kind == OTP_LIMIT_IP) {
+			op->res->ip_required = true;
+			return OTP_ERR_INVALID;
+		}
+	}
 	for (size_t i = 0; rc == 0 && i < n; i++)
 		rc = count_window(c, req, &rules[i], &counts[i]);
 	if (rc)

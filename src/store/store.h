@@ -44,6 +44,9 @@ struct store_send {
 	                                       NULL with skip */
 	size_t payload_len;
 	bool skip;                          /* DUMMY=true: job recorded as skipped */
+	bool require_ip;                    /* with ip NULL and IP rules on the channel:
+	                                       refuse (OTP_ERR_INVALID, res->ip_required),
+	                                       decided on the rules the send itself reads */
 	const char *request_id;             /* for the job's log trail; may be NULL */
 };
 
@@ -52,6 +55,8 @@ struct store_send_result {
 	int64_t job_id;                     /* the new outbox job's id */
 	/* when the send was refused by a limit (return OTP_ERR_LIMIT): */
 	struct otp_limit_rule refused_by;
+	/* when it was refused for want of an ip (require_ip; return OTP_ERR_INVALID) */
+	bool ip_required;
 };
 
 /* ---- checking --------------------------------------------------------------------- */
@@ -134,7 +139,9 @@ struct store_ops {
 	/* Evaluate the channel's limit rules against successful sends in their windows
 	 * (otp_limits_decide), and when allowed insert the code, reset the attempt counter of
 	 * (channel, target) and insert the outbox job, all in one transaction. Returns 0,
-	 * OTP_ERR_LIMIT (res->refused_by filled; nothing written) or OTP_ERR_STORE. */
+	 * OTP_ERR_LIMIT (res->refused_by filled; nothing written), OTP_ERR_INVALID with
+	 * res->ip_required (see require_ip; nothing written) or OTP_ERR_STORE. A send without
+	 * an ip is otherwise never refused by IP rules. */
 	int (*send)(struct store *s, const struct store_send *req, struct store_send_result *res);
 
 	/* Load the live codes of (mask, target), decide with otp_check_decide, and store the

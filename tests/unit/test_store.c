@@ -184,6 +184,7 @@ struct send_opts {
 	bool seal;          /* store a sealed copy ("sealed:<code>") */
 	bool skip;          /* DUMMY: job skipped */
 	int lifetime;       /* 0: LIFETIME */
+	bool require_ip;    /* refuse without ip while the channel has IP rules */
 };
 
 static int send_code(struct store *s, enum otp_channel ch, const char *target,
@@ -211,6 +212,7 @@ static int send_code(struct store *s, enum otp_channel ch, const char *target,
 		.payload = o->skip ? NULL : (const uint8_t *)payload,
 		.payload_len = o->skip ? 0 : strlen(payload),
 		.skip = o->skip,
+		.require_ip = o->require_ip,
 		.request_id = "req-test",
 	};
 	otp_code_hash(&test_key, ch, target, code, req.code_hash);
@@ -553,6 +555,33 @@ static void test_limit_rate_zero_forbids(void **state)
 	struct store_outbox_counts n;
 	assert_int_equal(store_outbox_counts(f->s, &n), 0);
 	assert_int_equal(n.pending, 0);
+}
+
+static void test_send_require_ip_follows_ip_rules(void **state)
+{
+	struct fx *f = *state;
+	struct send_opts need = {.require_ip = true}, need_given = {.require_ip = true, .ip = "10.1.1.1"};
+	struct store_send_result res;
+	/* no IP rules: no ip is needed */
+	send_ok(f->s, OTP_CH_SMS, "79000000101", "1", T0, &need);
+	/* a target rule alone does not make ip required either */
+	set_rules(f->s, OTP_CH_SMS, true, false, &RULE(OTP_LIMIT_TARGET, 60, 100), 1);
+	send_ok(f->s, OTP_CH_SMS, "79000000101", "2", T0 + 1, &need);
+	/* with an IP rule: refused, flagged, nothing written */
+	set_rules(f->s, OTP_CH_SMS, false, true, &RULE(OTP_LIMIT_IP, 60, 100), 1);
+	struct store_outbox_counts before, after;
+	assert_int_equal(store_outbox_counts(f->s, &before), 0);
+	assert_int_equal(send_code(f->s, OTP_CH_SMS, "79000000101", "3", T0 + 2, &need, &res),
+	                 OTP_ERR_INVALID);
+	assert_true(res.ip_required);
+	assert_int_equal(store_outbox_counts(f->s, &after), 0);
+	assert_int_equal(after.pending, before.pending);
+	assert_false(check(f->s, OTP_CH_SMS, "79000000101", "3", T0 + 3, NULL));
+	/* given an ip, or not asked to require one (the Telegram webhook): accepted */
+	send_ok(f->s, OTP_CH_SMS, "79000000101", "4", T0 + 4, &need_given);
+	send_ok(f->s, OTP_CH_SMS, "79000000101", "5", T0 + 5, NULL);
+	/* the rule is per channel */
+	send_ok(f->s, OTP_CH_CALL, "79000000101", "6", T0 + 6, &need);
 }
 
 /* ---- checking ----------------------------------------------------------------------- */
@@ -1415,6 +1444,7 @@ int main(void)
 		T(test_limit_ip_rules_count_per_ip_and_channel),
 		T(test_limit_first_failing_rule_decides),
 		T(test_limit_rate_zero_forbids),
+		T(test_send_require_ip_follows_ip_rules),
 		T(test_check_any_live_code_matches),
 		T(test_check_expiry),
 		T(test_check_failures_void_all_live_codes),
