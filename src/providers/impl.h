@@ -35,6 +35,17 @@ void provider_global_init(void);
 /* 1 when s is NULL or empty. */
 bool provider_unset(const char *s);
 
+/* A setting a provider cannot work without: its variable's name and its value. */
+struct provider_setting {
+	const char *var;
+	const char *value;
+};
+
+/* true when every setting is set; else false with "<provider>: <VAR> is not set" in err
+ * for the first one missing. */
+bool provider_require(const char *provider, const struct provider_setting *need, size_t n,
+                      char *err, size_t cap);
+
 /* Fill r->error from a format and return rc, so a send can `return provider_fail(...)`. */
 int provider_fail(struct provider_result *r, int rc, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));

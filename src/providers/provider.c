@@ -78,6 +78,18 @@ bool provider_unset(const char *s)
 	return s == NULL || s[0] == '\0';
 }
 
+bool provider_require(const char *provider, const struct provider_setting *need, size_t n,
+                      char *err, size_t cap)
+{
+	for (size_t i = 0; i < n; i++) {
+		if (provider_unset(need[i].value)) {
+			snprintf(err, cap, "%s: %s is not set", provider, need[i].var);
+			return false;
+		}
+	}
+	return true;
+}
+
 int provider_fail(struct provider_result *r, int rc, const char *fmt, ...)
 {
 	va_list ap;

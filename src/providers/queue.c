@@ -195,9 +195,7 @@ static const struct provider_ops queue_ops = {
 
 struct provider *provider_queue_new(const struct config *cfg, char *err, size_t cap)
 {
-	const struct {
-		const char *var, *value;
-	} need[] = {
+	const struct provider_setting need[] = {
 		{"OTP_QUEUE_URL", cfg->queue_url},
 		{"OTP_SMS_URL", cfg->sms_url},
 		{"OTP_SMS_WORKER", cfg->sms_worker},
@@ -208,12 +206,8 @@ struct provider *provider_queue_new(const struct config *cfg, char *err, size_t 
 		{"OTP_TELEGRAM_URL", cfg->telegram_url},
 		{"OTP_TELEGRAM_WORKER", cfg->telegram_worker},
 	};
-	for (size_t i = 0; i < sizeof need / sizeof need[0]; i++) {
-		if (provider_unset(need[i].value)) {
-			snprintf(err, cap, "queue: %s is not set", need[i].var);
-			return NULL;
-		}
-	}
+	if (!provider_require("queue", need, sizeof need / sizeof need[0], err, cap))
+		return NULL;
 	struct queue_provider *qp = calloc(1, sizeof *qp);
 	if (qp == NULL || (qp->task_url = join(cfg->queue_url, "/task")) == NULL) {
 		free(qp);

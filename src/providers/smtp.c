@@ -488,16 +488,14 @@ out:
 
 struct provider *provider_smtp_new(const struct config *cfg, char *err, size_t cap)
 {
-	if (provider_unset(cfg->smtp_url)) {
-		snprintf(err, cap, "smtp: OTPD_SMTP_URL is not set");
+	const struct provider_setting need[] = {
+		{"OTPD_SMTP_URL", cfg->smtp_url},
+		{"OTPD_SMTP_FROM", cfg->smtp_from},
+	};
+	if (!provider_require("smtp", need, sizeof need / sizeof need[0], err, cap))
 		return NULL;
-	}
 	if (strncmp(cfg->smtp_url, "smtp://", 7) != 0 && strncmp(cfg->smtp_url, "smtps://", 8) != 0) {
 		snprintf(err, cap, "smtp: OTPD_SMTP_URL must start with smtp:// or smtps://");
-		return NULL;
-	}
-	if (provider_unset(cfg->smtp_from)) {
-		snprintf(err, cap, "smtp: OTPD_SMTP_FROM is not set");
 		return NULL;
 	}
 	long use_ssl;

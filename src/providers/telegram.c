@@ -94,14 +94,12 @@ static const struct provider_ops telegram_ops = {
 
 struct provider *provider_telegram_new(const struct config *cfg, char *err, size_t cap)
 {
-	if (provider_unset(cfg->telegram_url)) {
-		snprintf(err, cap, "telegram: OTP_TELEGRAM_URL is not set");
+	const struct provider_setting need[] = {
+		{"OTP_TELEGRAM_URL", cfg->telegram_url},
+		{"OTP_TELEGRAM_APP_TOKEN", cfg->telegram_app_token},
+	};
+	if (!provider_require("telegram", need, sizeof need / sizeof need[0], err, cap))
 		return NULL;
-	}
-	if (provider_unset(cfg->telegram_app_token)) {
-		snprintf(err, cap, "telegram: OTP_TELEGRAM_APP_TOKEN is not set");
-		return NULL;
-	}
 	if (strpbrk(cfg->telegram_app_token, "\r\n") != NULL) {
 		snprintf(err, cap, "telegram: OTP_TELEGRAM_APP_TOKEN contains a line break");
 		return NULL;

@@ -105,14 +105,12 @@ static const struct provider_ops bot_ops = {
 
 struct provider *provider_telegram_bot_new(const struct config *cfg, char *err, size_t cap)
 {
-	if (provider_unset(cfg->telegram_bot_token)) {
-		snprintf(err, cap, "telegram_bot: OTPD_TELEGRAM_BOT_TOKEN is not set");
+	const struct provider_setting need[] = {
+		{"OTPD_TELEGRAM_BOT_TOKEN", cfg->telegram_bot_token},
+		{"OTPD_TELEGRAM_API_URL", cfg->telegram_api_url},
+	};
+	if (!provider_require("telegram_bot", need, sizeof need / sizeof need[0], err, cap))
 		return NULL;
-	}
-	if (provider_unset(cfg->telegram_api_url)) {
-		snprintf(err, cap, "telegram_bot: OTPD_TELEGRAM_API_URL is not set");
-		return NULL;
-	}
 	/* a token is "<digits>:<base64url>"; anything else would change the URL's meaning */
 	for (const char *c = cfg->telegram_bot_token; *c; c++) {
 		if (!((*c >= '0' && *c <= '9') || (*c >= 'a' && *c <= 'z') ||

@@ -244,20 +244,14 @@ static char *account_url(const struct config *cfg, const char *what)
 
 struct provider *provider_twilio_new(const struct config *cfg, char *err, size_t cap)
 {
-	const struct {
-		const char *var, *value;
-	} need[] = {
+	const struct provider_setting need[] = {
 		{"OTPD_TWILIO_BASE_URL", cfg->twilio_base_url},
 		{"OTPD_TWILIO_ACCOUNT_SID", cfg->twilio_account_sid},
 		{"OTPD_TWILIO_AUTH_TOKEN", cfg->twilio_auth_token},
 		{"OTPD_TWILIO_FROM", cfg->twilio_from},
 	};
-	for (size_t i = 0; i < sizeof need / sizeof need[0]; i++) {
-		if (provider_unset(need[i].value)) {
-			snprintf(err, cap, "twilio: %s is not set", need[i].var);
-			return NULL;
-		}
-	}
+	if (!provider_require("twilio", need, sizeof need / sizeof need[0], err, cap))
+		return NULL;
 	/* the SID goes into the URL path: letters and digits only (AC + 32 hex) */
 	for (const char *c = cfg->twilio_account_sid; *c; c++) {
 		if (!((*c >= '0' && *c <= '9') || (*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z'))) {

@@ -103,15 +103,14 @@ static const struct provider_ops webhook_ops = {
 
 struct provider *provider_webhook_new(const struct config *cfg, char *err, size_t cap)
 {
-	if (provider_unset(cfg->webhook_url)) {
-		snprintf(err, cap, "webhook: OTPD_WEBHOOK_URL is not set");
+	/* the secret too: unsigned hand-offs of codes are refused, the receiver must be able
+	 * to check */
+	const struct provider_setting need[] = {
+		{"OTPD_WEBHOOK_URL", cfg->webhook_url},
+		{"OTPD_WEBHOOK_SECRET", cfg->webhook_secret},
+	};
+	if (!provider_require("webhook", need, sizeof need / sizeof need[0], err, cap))
 		return NULL;
-	}
-	/* unsigned hand-offs of codes are refused: the receiver must be able to check */
-	if (provider_unset(cfg->webhook_secret)) {
-		snprintf(err, cap, "webhook: OTPD_WEBHOOK_SECRET is not set");
-		return NULL;
-	}
 	struct webhook_provider *wp = calloc(1, sizeof *wp);
 	if (wp == NULL) {
 		snprintf(err, cap, "webhook: out of memory");

@@ -133,21 +133,15 @@ static const struct provider_ops whatsapp_ops = {
 
 struct provider *provider_whatsapp_new(const struct config *cfg, char *err, size_t cap)
 {
-	const struct {
-		const char *var, *value;
-	} need[] = {
+	const struct provider_setting need[] = {
 		{"OTPD_WHATSAPP_BASE_URL", cfg->whatsapp_base_url},
 		{"OTPD_WHATSAPP_TOKEN", cfg->whatsapp_token},
 		{"OTPD_WHATSAPP_PHONE_NUMBER_ID", cfg->whatsapp_phone_number_id},
 		{"OTPD_WHATSAPP_TEMPLATE", cfg->whatsapp_template},
 		{"OTPD_WHATSAPP_LANGUAGE", cfg->whatsapp_language},
 	};
-	for (size_t i = 0; i < sizeof need / sizeof need[0]; i++) {
-		if (provider_unset(need[i].value)) {
-			snprintf(err, cap, "whatsapp: %s is not set", need[i].var);
-			return NULL;
-		}
-	}
+	if (!provider_require("whatsapp", need, sizeof need / sizeof need[0], err, cap))
+		return NULL;
 	if (strspn(cfg->whatsapp_phone_number_id, "0123456789") !=
 	    strlen(cfg->whatsapp_phone_number_id)) {
 		snprintf(err, cap, "whatsapp: OTPD_WHATSAPP_PHONE_NUMBER_ID must be digits");
