@@ -1,9 +1,12 @@
 /*
  * server.c - libmicrohttpd glue.
  *
- * DESIGN: libmicrohttpd runs its own thread pool (cfg->threads threads, epoll); each
+ * DESIGN: libmicrohttpd runs its own thread pool (cfg->threads threads, poll); each
  * request is handled to the end on the pool thread that read it, so a handler may block
- * on the store. The body is accumulated into a per-request buffer that never grows past
+ * on the store. poll, not epoll: libmicrohttpd 0.9.75 (Debian 12) races with itself when
+ * a thread pool on epoll is quiesced (the quiescing thread and a worker both remove the
+ * listen socket from the worker's epoll set and the loser aborts the process), and a
+ * drain must never crash. The body is accumulated into a per-request buffer that never grows past
  * OTPD_MAX_BODY_BYTES: a declared Content-Length over the limit is refused at the first
  * callback (before any body byte is read), a chunked body that grows over it is
  * discarded and refused at the end. `in_flight` counts requests between their first
@@ -17,6 +20,7 @@
 #include <sodium.h>
 #include <stdatomic.h>
 #include <strings.h>
+#include <sys/socket.h>
 #include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,6 +37,7 @@ struct http_server {
 	atomic_int in_flight;
 	uint8_t auth_digest[32];  /* BLAKE2b of "user:password"; compared in constant time */
 	bool auth;
+	int quiesced_fd;          /* listen socket taken back by a drain; closed at stop */
 };
 
 struct conn {
@@ -295,6 +300,7 @@ struct http_server *http_server_start(const struct config *cfg, const struct api
 	s->cfg = cfg;
 	s->api = api;
 	atomic_init(&s->in_flight, 0);
+	s->quiesced_fd = -1;
 	if (cfg->http_auth_username != NULL && cfg->http_auth_password != NULL) {
 		char up[600];
 		int n = snprintf(up, sizeof up, "%s:%s", cfg->http_auth_username, cfg->http_auth_password);
@@ -303,7 +309,7 @@ struct http_server *http_server_start(const struct config *cfg, const struct api
 		sodium_memzero(up, sizeof up);
 		s->auth = true;
 	}
-	unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ITC |
+	unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL | MHD_USE_ITC |
 	                 MHD_USE_ERROR_LOG;
 	if (ai->ai_family == AF_INET6)
 		flags |= MHD_USE_IPv6;
@@ -330,9 +336,14 @@ void http_server_drain(struct http_server *s, int deadline_s)
 {
 	if (s == NULL || s->daemon == NULL)
 		return;
+	/* Workers may still hold the listen socket's number in the poll set they are
+	 * waiting on, so it is not closed until they are stopped: shutdown() alone makes
+	 * the kernel refuse new connections right away. */
 	MHD_socket fd = MHD_quiesce_daemon(s->daemon);
-	if (fd != MHD_INVALID_SOCKET)
-		close(fd);
+	if (fd != MHD_INVALID_SOCKET) {
+		shutdown(fd, SHUT_RDWR);
+		s->quiesced_fd = fd;
+	}
 	struct timespec t0;
 	clock_gettime(CLOCK_MONOTONIC, &t0);
 	while (atomic_load(&s->in_flight) > 0 && elapsed_ms(&t0) < deadline_s * 1000.0) {
@@ -347,6 +358,8 @@ void http_server_stop(struct http_server *s)
 		return;
 	if (s->daemon != NULL)
 		MHD_stop_daemon(s->daemon);
+	if (s->quiesced_fd >= 0)
+		close(s->quiesced_fd);
 	sodium_memzero(s->auth_digest, sizeof s->auth_digest);
 	free(s);
 }
