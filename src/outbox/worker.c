@@ -14,12 +14,21 @@
  * another worker never re-claims a job that is still being delivered.
  *
  * When nothing is due a worker sleeps on `idle_cv` until outbox_notify() (a job was just
- * committed), the earliest pending next_at in the store, or at most one second: the
- * poll also picks up jobs whose lease expired (their worker or process died) and jobs
- * written by other otpd processes on a shared PostgreSQL. `gen` counts notifications so
- * one that arrives between the claim and the wait is not lost. A claim that comes back
- * full wakes one more idle worker to help. A store error during a claim is logged and
- * retried after 200 ms, doubling to 2 s: never a crash, never a spin.
+ * committed), the earliest pending next_at, or at most one second: the poll also picks
+ * up jobs whose lease expired (their worker or process died) and jobs written by other
+ * otpd processes on a shared PostgreSQL. `gen` counts notifications; `seen` is the
+ * latest gen whose jobs are all known to be claimed: a claim that comes back short of a
+ * full batch saw every job committed before it started, and took all it could, so it
+ * moves `seen` up to the gen read before it. A worker sleeps only while gen == seen, so
+ * a notification that arrives between a claim and the wait is not lost, and a worker
+ * goes back to the store only when a job was committed since the last short claim. A
+ * claim that comes back full wakes one more idle worker to help, and its worker claims
+ * again at once. The earliest pending next_at is
+ * kept in `due_s` (0: none known): read from the store only by a worker whose sleep ran
+ * out (a poll), and lowered by every retry this process schedules. Under load a job
+ * thus costs one claim and one outcome write, not extra empty claims and next_at
+ * queries. A store error during a claim is logged and retried after 200 ms, doubling
+ * to 2 s: never a crash, never a spin.
  *
  * Outcomes: delivered -> store_outbox_sent; OTP_ERR_PERMANENT, a payload that does not
  * open or decode, a provider that cannot be built -> dead at once; any other failure ->
@@ -50,7 +59,7 @@
  * configuration must outlive outbox_free(). If the process exits before that, the job
  * keeps its lease and is re-claimed after it expires.
  *
- * Locking: `mu` guards gen, stopping, running and each worker's batch indexes; `pmu`
+ * Locking: `mu` guards gen, seen, due_s, stopping, running and each worker's batch indexes; `pmu`
  * guards the provider slots. Neither is held across a store or provider call, except
  * `pmu` while a provider is built (rare). Counters are atomics.
  */
@@ -118,7 +127,9 @@ struct outbox {
 	pthread_cond_t idle_cv;          /* idle workers: notify (signal), stop (broadcast) */
 	pthread_cond_t stop_cv;          /* workers waiting out a store error: stop */
 	pthread_cond_t done_cv;          /* a worker exited: outbox_stop waits on it */
-	uint64_t gen;
+	uint64_t gen;                    /* outbox_notify() calls */
+	uint64_t seen;                   /* jobs notified up to this gen are claimed */
+	int64_t due_s;                   /* earliest pending next_at known (unix s), 0: none */
 	bool started, stopping;
 	int running;
 	struct outbox_worker *workers;
@@ -187,15 +198,35 @@ static void wait_unless_stopping(struct outbox *o, int64_t ms)
 	pthread_mutex_unlock(&o->mu);
 }
 
-/* Nothing was due: sleep until notified (gen moved past gen_seen), until the earliest
- * pending job is due, or OUTBOX_POLL_MS. */
-static void wait_idle(struct outbox *o, uint64_t gen_seen)
+/* Lower the known earliest next_at to `at` (unix s). */
+static void due_lower(struct outbox *o, int64_t at)
 {
-	int64_t ms = OUTBOX_POLL_MS, next_due = 0;
-	struct timespec ts;
+	pthread_mutex_lock(&o->mu);
+	if (o->due_s == 0 || at < o->due_s)
+		o->due_s = at;
+	pthread_mutex_unlock(&o->mu);
+}
 
-	if (store_outbox_next_due(o->store, &next_due) == 0 && next_due > 0) {
-		int64_t d = next_due * 1000 - wall_ms();
+/* Nothing was due: sleep until notified (a gen past seen), until the earliest pending
+ * job is due, or OUTBOX_POLL_MS. `refresh`: ask the store for the earliest next_at
+ * first (the last sleep ran out: a poll), instead of trusting due_s. Returns true when
+ * the sleep ran out rather than being ended by a notification or a stop. */
+static bool wait_idle(struct outbox *o, bool refresh)
+{
+	int64_t ms = OUTBOX_POLL_MS, due = 0;
+	struct timespec ts;
+	bool ran_out = false;
+
+	if (refresh && store_outbox_next_due(o->store, &due) == 0) {
+		pthread_mutex_lock(&o->mu);
+		o->due_s = due;
+		pthread_mutex_unlock(&o->mu);
+	}
+	pthread_mutex_lock(&o->mu);
+	due = o->due_s;
+	pthread_mutex_unlock(&o->mu);
+	if (due > 0) {
+		int64_t d = due * 1000 - wall_ms();
 		if (d < ms)
 			ms = d;
 	}
@@ -204,10 +235,17 @@ static void wait_idle(struct outbox *o, uint64_t gen_seen)
 	ts = mono_abs(mono_ms() + ms);
 
 	pthread_mutex_lock(&o->mu);
-	while (!o->stopping && o->gen == gen_seen)
-		if (pthread_cond_timedwait(&o->idle_cv, &o->mu, &ts) == ETIMEDOUT)
+	while (!o->stopping && o->gen == o->seen) {
+		if (pthread_cond_timedwait(&o->idle_cv, &o->mu, &ts) == ETIMEDOUT) {
+			ran_out = o->gen == o->seen;
 			break;
+		}
+	}
+	/* what was due is being claimed now; the next poll re-reads the store */
+	if (ran_out && o->due_s != 0 && o->due_s * 1000 <= wall_ms())
+		o->due_s = 0;
 	pthread_mutex_unlock(&o->mu);
+	return ran_out;
 }
 
 /* ---- providers ---------------------------------------------------------------------- */
@@ -460,7 +498,10 @@ record:
 	}
 	switch (oc) {
 	case OUT_SENT: atomic_fetch_add(&o->n_sent, 1); break;
-	case OUT_RETRY: atomic_fetch_add(&o->n_retry, 1); break;
+	case OUT_RETRY:
+		atomic_fetch_add(&o->n_retry, 1);
+		due_lower(o, next_at);
+		break;
 	case OUT_DEAD: atomic_fetch_add(&o->n_dead, 1); break;
 	}
 	log_write(oc == OUT_SENT ? LOG_INFO : LOG_WARN, "outbox delivery",
@@ -549,6 +590,7 @@ static void *worker_main(void *arg)
 	struct outbox *o = w->o;
 	int64_t store_wait = 0, stats_at = mono_ms() + OUTBOX_STATS_EVERY_MS;
 	long long stats_seen = -1;
+	bool polled = true;                 /* the last sleep ran out (or none yet) */
 
 	for (;;) {
 		uint64_t gen;
@@ -581,9 +623,13 @@ static void *worker_main(void *arg)
 		}
 		store_wait = 0;
 
+		if (n > o->batch)
+			n = o->batch;                   /* never trust a count past our array */
+		pthread_mutex_lock(&o->mu);
+		if (n < o->batch && o->seen < gen)
+			o->seen = gen;                  /* see DESIGN: a short claim took all */
+		pthread_mutex_unlock(&o->mu);
 		if (n > 0) {
-			if (n > o->batch)
-				n = o->batch;           /* never trust a count past our array */
 			pthread_mutex_lock(&o->mu);
 			w->n = n;
 			w->next = 0;
@@ -591,6 +637,10 @@ static void *worker_main(void *arg)
 				pthread_cond_signal(&o->idle_cv); /* more may be due: get help */
 			pthread_mutex_unlock(&o->mu);
 			run_batch(o, w);
+			if (n == o->batch)
+				continue;
+			/* claim again at once only when a job was committed since */
+			polled = wait_idle(o, false);
 			continue;
 		}
 
@@ -602,7 +652,7 @@ static void *worker_main(void *arg)
 			stats_seen = total;
 			stats_at = mono_ms() + OUTBOX_STATS_EVERY_MS;
 		}
-		wait_idle(o, gen);
+		polled = wait_idle(o, polled);
 	}
 
 	pthread_mutex_lock(&o->mu);
