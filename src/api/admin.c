@@ -81,8 +81,7 @@ int admin_outbox(const struct api_ctx *ctx, const struct api_request *req, json_
 		rc = otp_error_set(err, OTP_ERR_NOMEM, "", "", "out of memory");
 		goto out;
 	}
-	if (store_outbox_list(ctx->store, &f, rows, &n) != 0 ||
-	    store_outbox_counts(ctx->store, &counts) != 0) {
+	if (store_outbox_list(ctx->store, &f, rows, &n, &counts) != 0) {
 		free(rows);
 		rc = otp_error_set(err, OTP_ERR_STORE, "unavailable", "", "the database is unavailable");
 		goto out;

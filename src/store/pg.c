@@ -1557,9 +1557,35 @@ static int pg_outbox_release(struct store *st, int64_t id)
 struct pg_list_ctx {
 	const struct store_job_filter *f;
 	struct store_job_info *rows;
+	struct store_outbox_counts *counts;  /* NULL: not asked */
 	size_t n;
 };
 
+/* PS_STATE_COUNTS' rows into out. */
+static int pg_read_counts(const PGresult *r, struct store_outbox_counts *out)
+{
+	int rc = 0;
+	memset(out, 0, sizeof *out);
+	for (int i = 0; i < PQntuples(r) && rc == 0; i++) {
+		const char *state = PQgetvalue(r, i, 0);
+		int64_t n = 0;
+		rc = pg_get_i64(r, i, 1, &n);
+		if (strcmp(state, STORE_JOB_PENDING) == 0)
+			out->pending = n;
+		else if (strcmp(state, STORE_JOB_SENDING) == 0)
+			out->sending = n;
+		else if (strcmp(state, STORE_JOB_SENT) == 0)
+			out->sent = n;
+		else if (strcmp(state, STORE_JOB_DEAD) == 0)
+			out->dead = n;
+		else if (strcmp(state, STORE_JOB_SKIPPED) == 0)
+			out->skipped = n;
+	}
+	return rc;
+}
+
+/* The listing and, when asked, the counts: one round trip, and with the counts one
+ * REPEATABLE READ transaction so both are read from one snapshot. */
 static int pg_list_txn(struct pg_conn *c, void *arg)
 {
 	struct pg_list_ctx *x = arg;
@@ -1571,11 +1597,17 @@ static int pg_list_txn(struct pg_conn *c, void *arg)
 	pp_i64(&p, f->before_id);
 	pp_i64(&p, (int64_t)f->limit);
 	x->n = 0;
-	PGresult *r = pg_query(c, PS_LIST, &p);
-	if (r == NULL)
-		return OTP_ERR_STORE;
-	int rc = 0;
-	int rows = PQntuples(r);
+	struct pg_step steps[] = {
+		{.st = PS_COUNT_, .sql = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"},
+		{.st = PS_LIST, .p = &p},
+		{.st = PS_STATE_COUNTS},
+		{.st = PS_COUNT_, .sql = "COMMIT"},
+	};
+	struct pg_step *run = x->counts ? steps : steps + 1;
+	size_t n_run = x->counts ? 4 : 1;
+	int rc = pg_pipeline(c, run, n_run);
+	const PGresult *r = steps[1].res;
+	int rows = rc == 0 ? PQntuples(r) : 0;
 	for (int i = 0; i < rows && (size_t)i < f->limit && rc == 0; i++) {
 		struct store_job_info *j = &x->rows[i];
 		int ch = 0;
@@ -1600,23 +1632,30 @@ static int pg_list_txn(struct pg_conn *c, void *arg)
 		pg_copy_text(j->provider_msg_id, sizeof j->provider_msg_id, r, i, 10);
 		x->n = (size_t)i + 1;
 	}
-	PQclear(r);
+	if (rc == 0 && x->counts != NULL)
+		rc = pg_read_counts(steps[2].res, x->counts);
+	pg_steps_clear(run, n_run);
 	return rc;
 }
 
 static int pg_outbox_list(struct store *st, const struct store_job_filter *f,
-                          struct store_job_info *rows, size_t *n_out)
+                          struct store_job_info *rows, size_t *n_out,
+                          struct store_outbox_counts *counts)
 {
 	if (n_out != NULL)
 		*n_out = 0;
+	if (counts != NULL)
+		memset(counts, 0, sizeof *counts);
 	if (f == NULL || rows == NULL || n_out == NULL || f->limit < 1 || f->limit > PG_LIST_MAX ||
 	    f->before_id < 0 || f->channel >= OTP_CH_COUNT ||
 	    (f->state != NULL && !pg_utf8_valid(f->state)) ||
 	    (f->provider != NULL && !pg_utf8_valid(f->provider)))
 		return OTP_ERR_INVALID;
-	struct pg_list_ctx x = {.f = f, .rows = rows};
+	struct pg_list_ctx x = {.f = f, .rows = rows, .counts = counts};
 	int rc = pg_run((struct pg_store *)st, PG_READ, pg_list_txn, &x);
 	*n_out = rc == 0 ? x.n : 0;
+	if (rc != 0 && counts != NULL)
+		memset(counts, 0, sizeof *counts);
 	return rc;
 }
 
@@ -1627,22 +1666,7 @@ static int pg_counts_txn(struct pg_conn *c, void *arg)
 	PGresult *r = pg_query(c, PS_STATE_COUNTS, NULL);
 	if (r == NULL)
 		return OTP_ERR_STORE;
-	int rc = 0;
-	for (int i = 0; i < PQntuples(r) && rc == 0; i++) {
-		const char *state = PQgetvalue(r, i, 0);
-		int64_t n = 0;
-		rc = pg_get_i64(r, i, 1, &n);
-		if (strcmp(state, STORE_JOB_PENDING) == 0)
-			out->pending = n;
-		else if (strcmp(state, STORE_JOB_SENDING) == 0)
-			out->sending = n;
-		else if (strcmp(state, STORE_JOB_SENT) == 0)
-			out->sent = n;
-		else if (strcmp(state, STORE_JOB_DEAD) == 0)
-			out->dead = n;
-		else if (strcmp(state, STORE_JOB_SKIPPED) == 0)
-			out->skipped = n;
-	}
+	int rc = pg_read_counts(r, out);
 	PQclear(r);
 	return rc;
 }

@@ -1308,22 +1308,13 @@ static int sq_outbox_release(struct store *s, int64_t id)
 	return write_run((struct sqlite_store *)s, job_fn, &op);
 }
 
-static int sq_outbox_list(struct store *s, const struct store_job_filter *f,
-                          struct store_job_info *rows, size_t *n_out)
+/* The rows of the operators' listing, on c. */
+static int list_rows(struct conn *c, const struct store_job_filter *f,
+                     struct store_job_info *rows, size_t *n_out)
 {
-	struct sqlite_store *ss = (struct sqlite_store *)s;
-	if (n_out == NULL)
-		return OTP_ERR_INVALID;
-	*n_out = 0;
-	if (f == NULL || rows == NULL || f->limit < 1 || f->limit > LIST_LIMIT_MAX ||
-	    f->channel < -1 || f->channel >= OTP_CH_COUNT || f->before_id < 0)
-		return OTP_ERR_INVALID;
-
-	struct conn *c = reader_take(ss);
 	sqlite3_stmt *st = stmt(c, ST_LIST);
-	int rc = OTP_ERR_STORE;
 	if (st == NULL)
-		goto out;
+		return OTP_ERR_STORE;
 	int b = bind_text(st, 1, f->state);
 	b |= sqlite3_bind_int(st, 2, f->channel);
 	b |= bind_text(st, 3, f->provider);
@@ -1350,24 +1341,18 @@ static int sq_outbox_list(struct store *s, const struct store_job_filter *f,
 		b = SQLITE_OK;
 	}
 	stmt_done(st);
-	rc = b == SQLITE_DONE ? 0 : db_err(b);
+	int rc = b == SQLITE_DONE ? 0 : db_err(b);
 	*n_out = rc == 0 ? n : 0;
-out:
-	reader_give(ss, c);
 	return rc;
 }
 
-static int sq_outbox_counts(struct store *s, struct store_outbox_counts *out)
+/* Jobs per state, on c. */
+static int count_states(struct conn *c, struct store_outbox_counts *out)
 {
-	struct sqlite_store *ss = (struct sqlite_store *)s;
-	if (out == NULL)
-		return OTP_ERR_INVALID;
 	memset(out, 0, sizeof *out);
-	struct conn *c = reader_take(ss);
 	sqlite3_stmt *st = stmt(c, ST_COUNTS);
-	int rc = OTP_ERR_STORE;
 	if (st == NULL)
-		goto out;
+		return OTP_ERR_STORE;
 	int b;
 	while ((b = sqlite3_step(st)) == SQLITE_ROW) {
 		const char *state = (const char *)sqlite3_column_text(st, 0);
@@ -1386,10 +1371,52 @@ static int sq_outbox_counts(struct store *s, struct store_outbox_counts *out)
 			out->skipped = n;
 	}
 	stmt_done(st);
-	rc = b == SQLITE_DONE ? 0 : db_err(b);
+	int rc = b == SQLITE_DONE ? 0 : db_err(b);
 	if (rc)
 		memset(out, 0, sizeof *out);
-out:
+	return rc;
+}
+
+static int sq_outbox_list(struct store *s, const struct store_job_filter *f,
+                          struct store_job_info *rows, size_t *n_out,
+                          struct store_outbox_counts *counts)
+{
+	struct sqlite_store *ss = (struct sqlite_store *)s;
+	if (n_out == NULL)
+		return OTP_ERR_INVALID;
+	*n_out = 0;
+	if (counts != NULL)
+		memset(counts, 0, sizeof *counts);
+	if (f == NULL || rows == NULL || f->limit < 1 || f->limit > LIST_LIMIT_MAX ||
+	    f->channel < -1 || f->channel >= OTP_CH_COUNT || f->before_id < 0)
+		return OTP_ERR_INVALID;
+
+	struct conn *c = reader_take(ss);
+	/* with counts: one read transaction, so both come from one snapshot of the WAL */
+	int rc = counts != NULL ? exec_simple(c, ST_BEGIN_READ) : 0;
+	bool open = counts != NULL && rc == 0;
+	if (rc == 0)
+		rc = list_rows(c, f, rows, n_out);
+	if (rc == 0 && counts != NULL)
+		rc = count_states(c, counts);
+	if (open && exec_simple(c, rc == 0 ? ST_COMMIT : ST_ROLLBACK) != 0 && rc == 0)
+		rc = OTP_ERR_STORE;
+	if (rc != 0) {
+		*n_out = 0;
+		if (counts != NULL)
+			memset(counts, 0, sizeof *counts);
+	}
+	reader_give(ss, c);
+	return rc;
+}
+
+static int sq_outbox_counts(struct store *s, struct store_outbox_counts *out)
+{
+	struct sqlite_store *ss = (struct sqlite_store *)s;
+	if (out == NULL)
+		return OTP_ERR_INVALID;
+	struct conn *c = reader_take(ss);
+	int rc = count_states(c, out);
 	reader_give(ss, c);
 	return rc;
 }

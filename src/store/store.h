@@ -186,8 +186,11 @@ struct store_ops {
 	 * sent, retry, dead and release act on a claimed (sending) job only: any other id
 	 * answers OTP_ERR_NOT_FOUND and changes nothing. */
 	int (*outbox_release)(struct store *s, int64_t id);
+	/* The operators' listing, newest first. With `counts` (may be NULL) also the jobs
+	 * per state, read in the same snapshot as the rows, so the two agree. */
 	int (*outbox_list)(struct store *s, const struct store_job_filter *f,
-	                   struct store_job_info *rows, size_t *n_out);
+	                   struct store_job_info *rows, size_t *n_out,
+	                   struct store_outbox_counts *counts);
 	int (*outbox_counts)(struct store *s, struct store_outbox_counts *out);
 	/* Earliest next_at of a pending job (for the worker's sleep), or 0 when none. */
 	int (*outbox_next_due)(struct store *s, int64_t *next_at);
@@ -231,8 +234,9 @@ static inline int store_outbox_dead(struct store *s, int64_t id, int64_t now, co
 static inline int store_outbox_release(struct store *s, int64_t id)
 { return s->ops->outbox_release(s, id); }
 static inline int store_outbox_list(struct store *s, const struct store_job_filter *f,
-                                    struct store_job_info *rows, size_t *n)
-{ return s->ops->outbox_list(s, f, rows, n); }
+                                    struct store_job_info *rows, size_t *n,
+                                    struct store_outbox_counts *counts)
+{ return s->ops->outbox_list(s, f, rows, n, counts); }
 static inline int store_outbox_counts(struct store *s, struct store_outbox_counts *out)
 { return s->ops->outbox_counts(s, out); }
 static inline int store_outbox_next_due(struct store *s, int64_t *next_at)

@@ -327,7 +327,7 @@ static void job_info(struct fx *f, int64_t id, struct store_job_info *out)
 	struct store_job_info row;
 	size_t n = 0;
 
-	assert_int_equal(store_outbox_list(f->store, &flt, &row, &n), 0);
+	assert_int_equal(store_outbox_list(f->store, &flt, &row, &n, NULL), 0);
 	assert_int_equal(n, 1);
 	assert_int_equal(row.id, id);
 	*out = row;

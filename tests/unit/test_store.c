@@ -322,7 +322,7 @@ static void test_send_writes_code_and_pending_job(void **state)
 	struct store_job_info rows[4];
 	size_t got = 0;
 	struct store_job_filter flt = {.channel = -1, .limit = 4};
-	assert_int_equal(store_outbox_list(f->s, &flt, rows, &got), 0);
+	assert_int_equal(store_outbox_list(f->s, &flt, rows, &got, NULL), 0);
 	assert_int_equal(got, 2);
 	assert_int_equal(rows[0].id, b.job_id);        /* newest first */
 	assert_int_equal(rows[0].code_id, b.code_id);
@@ -960,7 +960,7 @@ static void job_info(struct store *s, int64_t id, struct store_job_info *out)
 	struct store_job_info rows[1];
 	size_t got = 0;
 	struct store_job_filter flt = {.channel = -1, .before_id = id + 1, .limit = 1};
-	assert_int_equal(store_outbox_list(s, &flt, rows, &got), 0);
+	assert_int_equal(store_outbox_list(s, &flt, rows, &got, NULL), 0);
 	assert_int_equal(got, 1);
 	assert_int_equal(rows[0].id, id);
 	*out = rows[0];
@@ -1072,42 +1072,56 @@ static void test_outbox_list_filters_and_pages(void **state)
 	size_t got = 0;
 
 	struct store_job_filter flt = {.channel = -1, .limit = 4};
-	assert_int_equal(store_outbox_list(f->s, &flt, rows, &got), 0);
+	assert_int_equal(store_outbox_list(f->s, &flt, rows, &got, NULL), 0);
 	assert_int_equal(got, 4);
 	for (int i = 0; i < 4; i++)
 		assert_int_equal(rows[i].id, ids[5 - i]);
 	flt.before_id = rows[3].id;
-	assert_int_equal(store_outbox_list(f->s, &flt, rows, &got), 0);
+	assert_int_equal(store_outbox_list(f->s, &flt, rows, &got, NULL), 0);
 	assert_int_equal(got, 2);
 	assert_int_equal(rows[0].id, ids[1]);
 	assert_int_equal(rows[1].id, ids[0]);
 
 	struct store_job_filter by_channel = {.channel = OTP_CH_CALL, .limit = 8};
-	assert_int_equal(store_outbox_list(f->s, &by_channel, rows, &got), 0);
+	assert_int_equal(store_outbox_list(f->s, &by_channel, rows, &got, NULL), 0);
 	assert_int_equal(got, 3);
 	for (size_t i = 0; i < got; i++)
 		assert_int_equal(rows[i].channel, OTP_CH_CALL);
 
 	struct store_job_filter by_state = {.state = STORE_JOB_SKIPPED, .channel = -1, .limit = 8};
-	assert_int_equal(store_outbox_list(f->s, &by_state, rows, &got), 0);
+	assert_int_equal(store_outbox_list(f->s, &by_state, rows, &got, NULL), 0);
 	assert_int_equal(got, 1);
 	assert_int_equal(rows[0].id, ids[5]);
 	by_state.state = STORE_JOB_PENDING;
 	by_state.channel = OTP_CH_SMS;
-	assert_int_equal(store_outbox_list(f->s, &by_state, rows, &got), 0);
+	assert_int_equal(store_outbox_list(f->s, &by_state, rows, &got, NULL), 0);
 	assert_int_equal(got, 3);
 
 	struct store_job_filter by_provider = {.provider = PROVIDER, .channel = -1, .limit = 8};
-	assert_int_equal(store_outbox_list(f->s, &by_provider, rows, &got), 0);
+	assert_int_equal(store_outbox_list(f->s, &by_provider, rows, &got, NULL), 0);
 	assert_int_equal(got, 6);
 	by_provider.provider = "smtp";
-	assert_int_equal(store_outbox_list(f->s, &by_provider, rows, &got), 0);
+	assert_int_equal(store_outbox_list(f->s, &by_provider, rows, &got, NULL), 0);
 	assert_int_equal(got, 0);
 
+	/* the counts asked with a listing agree with it and with outbox_counts */
+	struct store_outbox_counts with_list, alone;
+	by_state.state = NULL;
+	by_state.channel = -1;
+	assert_int_equal(store_outbox_list(f->s, &by_state, rows, &got, &with_list), 0);
+	assert_int_equal(got, 6);
+	assert_int_equal(with_list.pending, 5);
+	assert_int_equal(with_list.skipped, 1);
+	assert_int_equal(with_list.sending + with_list.sent + with_list.dead, 0);
+	assert_int_equal(store_outbox_counts(f->s, &alone), 0);
+	assert_memory_equal(&alone, &with_list, sizeof alone);
+
 	struct store_job_filter bad = {.channel = -1, .limit = 0};
-	assert_int_equal(store_outbox_list(f->s, &bad, rows, &got), OTP_ERR_INVALID);
+	with_list.pending = 99;
+	assert_int_equal(store_outbox_list(f->s, &bad, rows, &got, &with_list), OTP_ERR_INVALID);
+	assert_int_equal(with_list.pending, 0);
 	bad.limit = 1001;
-	assert_int_equal(store_outbox_list(f->s, &bad, rows, &got), OTP_ERR_INVALID);
+	assert_int_equal(store_outbox_list(f->s, &bad, rows, &got, NULL), OTP_ERR_INVALID);
 }
 
 static void test_outbox_next_due_earliest_pending(void **state)
