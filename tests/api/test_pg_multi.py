@@ -424,3 +424,39 @@ def test_migrate_from_legacy(otpd_factory):
     # imported jobs are recorded as skipped, nothing is delivered again
     c = outbox(o, state="skipped")
     assert len([j for j in c["jobs"] if j["provider"] == "legacy"]) == 4, c
+
+
+def test_a_statement_failing_inside_a_send_or_check_rolls_back_and_the_pool_recovers(
+        otpd_factory):
+    """A send and a check each run as two pipelined round trips. When PostgreSQL refuses
+    a statement in the middle (here a trigger raises), the request answers 503 JSON,
+    nothing of it is written, and the same pooled connections serve the next requests."""
+    o = otpd_factory(env={"OTPD_PG_POOL": 2, "OTPD_MAX_CHECK_ATTEMPTS": 3})
+    s = o.schema
+    kept, kept_code = unique_phone(), unique_code()
+    assert_ok(o.send("sms", kept, kept_code))
+    pg_sql(PG, f'CREATE FUNCTION "{s}".refuse() RETURNS trigger LANGUAGE plpgsql AS '
+               "$$BEGIN RAISE EXCEPTION 'refused by test'; END$$")
+    pg_sql(PG, f'CREATE TRIGGER refuse BEFORE INSERT ON "{s}".otpd_code '
+               f'FOR EACH ROW EXECUTE FUNCTION "{s}".refuse()')
+    pg_sql(PG, f'CREATE TRIGGER refuse BEFORE INSERT OR UPDATE ON "{s}".otpd_attempt '
+               f'FOR EACH ROW EXECUTE FUNCTION "{s}".refuse()')
+    lost = unique_phone()
+    for _ in range(3):  # more requests than pooled connections
+        assert_error(o.send("sms", lost, unique_code()), 503)
+        # a wrong check must write its counter: refused the same way, nothing counted
+        assert_error(o.get("/sms/check", {"phone": kept, "password": "000000"}), 503)
+    # a right check writes nothing: still answered on the same connections
+    assert o.check("sms", kept, kept_code) is True
+
+    pg_sql(PG, f'DROP TRIGGER refuse ON "{s}".otpd_code')
+    pg_sql(PG, f'DROP TRIGGER refuse ON "{s}".otpd_attempt')
+    rows = pg_sql(PG, f"SELECT count(*) FROM \"{s}\".otpd_code WHERE target = '{lost}'")
+    assert rows.stdout.splitlines()[2].strip() == "0", rows.stdout
+    code = unique_code()
+    assert_ok(o.send("sms", lost, code))
+    # the three refused wrong checks counted nothing: two more wrong ones leave it live
+    for _ in range(2):
+        assert o.check("sms", kept, "000000") is False
+    assert o.check("sms", kept, kept_code) is True
+    assert o.check("sms", lost, code) is True
