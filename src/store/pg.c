@@ -934,6 +934,19 @@ static bool pg_target_ok(const char *t)
 
 /* ---- limits ----------------------------------------------------------------------- */
 
+/* A limit rule from columns 0..2 (kind, minutes, rate) of row i. */
+static int pg_get_rule(const PGresult *r, int i, struct otp_limit_rule *rule)
+{
+	int kind = 0;
+	int rc = pg_get_int(r, i, 0, 0, 1, &kind);
+	if (rc == 0)
+		rc = pg_get_int(r, i, 1, 1, OTP_LIMIT_MINUTES_MAX, &rule->minutes);
+	if (rc == 0)
+		rc = pg_get_int(r, i, 2, 0, OTP_LIMIT_RATE_MAX, &rule->rate);
+	rule->kind = kind == 1 ? OTP_LIMIT_IP : OTP_LIMIT_TARGET;
+	return rc;
+}
+
 static int pg_load_rules(struct pg_conn *c, enum otp_channel ch, struct otp_limit_rule *rules,
                          size_t *n)
 {
@@ -946,13 +959,7 @@ static int pg_load_rules(struct pg_conn *c, enum otp_channel ch, struct otp_limi
 	int rc = 0;
 	int rows = PQntuples(r);
 	for (int i = 0; i < rows && i < PG_RULES_MAX && rc == 0; i++) {
-		int kind = 0;
-		rc = pg_get_int(r, i, 0, 0, 1, &kind);
-		if (rc == 0)
-			rc = pg_get_int(r, i, 1, 1, OTP_LIMIT_MINUTES_MAX, &rules[i].minutes);
-		if (rc == 0)
-			rc = pg_get_int(r, i, 2, 0, OTP_LIMIT_RATE_MAX, &rules[i].rate);
-		rules[i].kind = kind == 1 ? OTP_LIMIT_IP : OTP_LIMIT_TARGET;
+		rc = pg_get_rule(r, i, &rules[i]);
 		if (rc == 0)
 			*n = (size_t)i + 1;
 	}
@@ -1089,16 +1096,10 @@ static int pg_send_txn(struct pg_conn *c, void *arg)
 	const PGresult *r = first[2].res;
 	int rows = rc == 0 ? PQntuples(r) : 0;
 	for (int i = 0; i < rows && i < PG_RULES_MAX && rc == 0; i++) {
-		int kind = 0;
-		rc = pg_get_int(r, i, 0, 0, 1, &kind);
-		if (rc == 0)
-			rc = pg_get_int(r, i, 1, 1, OTP_LIMIT_MINUTES_MAX, &rules[i].minutes);
-		if (rc == 0)
-			rc = pg_get_int(r, i, 2, 0, OTP_LIMIT_RATE_MAX, &rules[i].rate);
+		rc = pg_get_rule(r, i, &rules[i]);
 		if (rc == 0)
 			rc = pg_get_i64(r, i, 3, &counts[i]);
-		rules[i].kind = kind == 1 ? OTP_LIMIT_IP : OTP_LIMIT_TARGET;
-		ip_rules = ip_rules || kind == 1;
+		ip_rules = ip_rules || rules[i].kind == OTP_LIMIT_IP;
 		if (rc == 0)
 			n = (size_t)i + 1;
 	}
@@ -1567,19 +1568,9 @@ static int pg_read_counts(const PGresult *r, struct store_outbox_counts *out)
 	int rc = 0;
 	memset(out, 0, sizeof *out);
 	for (int i = 0; i < PQntuples(r) && rc == 0; i++) {
-		const char *state = PQgetvalue(r, i, 0);
 		int64_t n = 0;
 		rc = pg_get_i64(r, i, 1, &n);
-		if (strcmp(state, STORE_JOB_PENDING) == 0)
-			out->pending = n;
-		else if (strcmp(state, STORE_JOB_SENDING) == 0)
-			out->sending = n;
-		else if (strcmp(state, STORE_JOB_SENT) == 0)
-			out->sent = n;
-		else if (strcmp(state, STORE_JOB_DEAD) == 0)
-			out->dead = n;
-		else if (strcmp(state, STORE_JOB_SKIPPED) == 0)
-			out->skipped = n;
+		store_outbox_counts_set(out, PQgetvalue(r, i, 0), n);
 	}
 	return rc;
 }

@@ -1355,20 +1355,8 @@ static int count_states(struct conn *c, struct store_outbox_counts *out)
 		return OTP_ERR_STORE;
 	int b;
 	while ((b = sqlite3_step(st)) == SQLITE_ROW) {
-		const char *state = (const char *)sqlite3_column_text(st, 0);
-		int64_t n = sqlite3_column_int64(st, 1);
-		if (state == NULL)
-			continue;
-		if (strcmp(state, STORE_JOB_PENDING) == 0)
-			out->pending = n;
-		else if (strcmp(state, STORE_JOB_SENDING) == 0)
-			out->sending = n;
-		else if (strcmp(state, STORE_JOB_SENT) == 0)
-			out->sent = n;
-		else if (strcmp(state, STORE_JOB_DEAD) == 0)
-			out->dead = n;
-		else if (strcmp(state, STORE_JOB_SKIPPED) == 0)
-			out->skipped = n;
+		store_outbox_counts_set(out, (const char *)sqlite3_column_text(st, 0),
+		                        sqlite3_column_int64(st, 1));
 	}
 	stmt_done(st);
 	int rc = b == SQLITE_DONE ? 0 : db_err(b);

@@ -1,6 +1,6 @@
 /*
  * store.c - what every store backend shares and that is not SQL: releasing a claimed
- * job. Backends never log; neither does this.
+ * job, filing a count under its state. Backends never log; neither does this.
  */
 #include "store/store.h"
 
@@ -19,4 +19,20 @@ void store_job_fini(struct store_job *job)
 		free(job->payload);
 	}
 	memset(job, 0, sizeof *job);
+}
+
+void store_outbox_counts_set(struct store_outbox_counts *c, const char *state, int64_t n)
+{
+	if (state == NULL)
+		return;
+	if (strcmp(state, STORE_JOB_PENDING) == 0)
+		c->pending = n;
+	else if (strcmp(state, STORE_JOB_SENDING) == 0)
+		c->sending = n;
+	else if (strcmp(state, STORE_JOB_SENT) == 0)
+		c->sent = n;
+	else if (strcmp(state, STORE_JOB_DEAD) == 0)
+		c->dead = n;
+	else if (strcmp(state, STORE_JOB_SKIPPED) == 0)
+		c->skipped = n;
 }

@@ -125,6 +125,8 @@ struct store_job_filter {
 struct store_outbox_counts {
 	int64_t pending, sending, sent, dead, skipped;
 };
+/* Set the count of `state` (one of STORE_JOB_*; any other is ignored) to n. */
+void store_outbox_counts_set(struct store_outbox_counts *c, const char *state, int64_t n);
 
 /* ---- the interface ---------------------------------------------------------------- */
 
