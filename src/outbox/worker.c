@@ -23,12 +23,12 @@
  * a notification that arrives between a claim and the wait is not lost, and a worker
  * goes back to the store only when a job was committed since the last short claim. A
  * claim that comes back full wakes one more idle worker to help, and its worker claims
- * again at once. The earliest pending next_at is
- * kept in `due_s` (0: none known): read from the store only by a worker whose sleep ran
- * out (a poll), and lowered by every retry this process schedules. Under load a job
- * thus costs one claim and one outcome write, not extra empty claims and next_at
- * queries. A store error during a claim is logged and retried after 200 ms, doubling
- * to 2 s: never a crash, never a spin.
+ * again at once. The earliest pending next_at is kept in `due_s` (0: none known): read
+ * from the store only by a worker whose sleep ran out (a poll), and lowered by every
+ * retry this process schedules. Under load a job thus costs about one claim and one
+ * outcome write, not extra empty claims and next_at queries. A store error during a
+ * claim is logged and retried after 200 ms, doubling to 2 s: never a crash, never a
+ * spin.
  *
  * Outcomes: delivered -> store_outbox_sent; OTP_ERR_PERMANENT, a payload that does not
  * open or decode, a provider that cannot be built -> dead at once; any other failure ->
@@ -59,9 +59,9 @@
  * configuration must outlive outbox_free(). If the process exits before that, the job
  * keeps its lease and is re-claimed after it expires.
  *
- * Locking: `mu` guards gen, seen, due_s, stopping, running and each worker's batch indexes; `pmu`
- * guards the provider slots. Neither is held across a store or provider call, except
- * `pmu` while a provider is built (rare). Counters are atomics.
+ * Locking: `mu` guards gen, seen, due_s, stopping, running and each worker's batch
+ * indexes; `pmu` guards the provider slots. Neither is held across a store or provider
+ * call, except `pmu` while a provider is built (rare). Counters are atomics.
  */
 #include <errno.h>
 #include <pthread.h>
