@@ -138,6 +138,23 @@ def test_phone_limit_exact_across_two_processes(pair_factory):
             assert_error(o.send("sms", phone, unique_code()), 400, status_code="phone_limit")
 
 
+def test_ip_limit_exact_across_two_processes(pair_factory):
+    """rate 5 per ip: 40 concurrent sends from one ip to 40 different phones, half
+    through each process, give exactly 5 x 200 and 35 x 400 ip_limit (the send takes
+    the ip's lock only when the channel has ip rules); three times in a row."""
+    p = pair_factory()
+    assert_ok(p.a.post("/limit/sms", {"ips": [{"minutes": 10, "rate": 5}]}))
+    for round_ in range(3):
+        ip = f"10.{round_}.{secrets.randbelow(250)}.{secrets.randbelow(250)}"
+        resps = race(40, lambda i: p.pick(i).send("sms", unique_phone(), unique_code(), ip=ip))
+        ok = [r for r in resps if r.status_code == 200]
+        refused = [r for r in resps if r.status_code == 400]
+        assert len(ok) == 5, (round_, [(r.status_code, r.text) for r in resps])
+        assert len(refused) == 35, (round_, [(r.status_code, r.text) for r in resps])
+        for r in refused:
+            assert_error(r, 400, status_code="ip_limit")
+
+
 def test_wrong_checks_concurrent_across_processes_void_the_code(pair_factory):
     """12 concurrent wrong checks through both processes (OTPD_MAX_CHECK_ATTEMPTS=5): all
     false, and then the right code is false too (voided), through either process."""
