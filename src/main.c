@@ -217,6 +217,15 @@ static void outbox_wake(void *arg)
 	outbox_notify(arg);
 }
 
+static void delivery_stats(void *arg, struct api_delivery_stats *out)
+{
+	struct outbox_stats st;
+	outbox_stats(arg, &st);
+	*out = (struct api_delivery_stats){.sent = st.sent, .retried = st.retried,
+	                                   .dead = st.dead, .released = st.released,
+	                                   .store_errors = st.store_errors};
+}
+
 static int serve(const struct config *cfg)
 {
 	char err[8192] = "";
@@ -228,6 +237,7 @@ static int serve(const struct config *cfg)
 	struct http_server *http = NULL;
 	struct janitor jan = {.store = NULL, .cfg = cfg};
 	bool janitor_started = false;
+	struct api_metrics *metrics = NULL;
 
 	if (cfg->php_pm_max_requests_set)
 		log_write(LOG_INFO, "PHP_PM_MAX_REQUESTS has no meaning for otpd and is ignored", LOG_END);
@@ -268,6 +278,11 @@ static int serve(const struct config *cfg)
 		goto out;
 	}
 
+	metrics = api_metrics_new(OTPD_VERSION, store->ops->name, (double)now_unix());
+	if (metrics == NULL) {
+		fprintf(stderr, "otpd: out of memory\n");
+		goto out;
+	}
 	struct api_ctx api = {
 		.cfg = cfg,
 		.store = store,
@@ -276,6 +291,9 @@ static int serve(const struct config *cfg)
 		.now = now_unix,
 		.notify = outbox_wake,
 		.notify_arg = outbox,
+		.metrics = metrics,
+		.delivery_stats = delivery_stats,
+		.delivery_stats_arg = outbox,
 	};
 	http = http_server_start(cfg, &api, err, sizeof err);
 	if (http == NULL) {
@@ -329,6 +347,7 @@ out:;
 		outbox_free(outbox);
 	}
 	store_close(store);
+	api_metrics_free(metrics);
 	otp_key_wipe(&key);
 	if (status == 0)
 		log_write(LOG_INFO, "otpd stopped", LOG_END);
@@ -430,7 +449,7 @@ int main(int argc, char **argv)
 		return 0;
 	}
 	if (cmd != NULL && strcmp(cmd, "--version") == 0) {
-		printf("otpd 0.1.0\n");
+		printf("otpd %s\n", OTPD_VERSION);
 		return 0;
 	}
 	if (cmd != NULL && strcmp(cmd, "--check-config") != 0 && strcmp(cmd, "migrate") != 0 &&

@@ -1,7 +1,9 @@
 /*
  * admin.c - operators' endpoints: liveness (/health), readiness (/ready: the database
- * answers), and the delivery jobs of the outbox (/admin/outbox), never with payloads.
+ * answers), the delivery jobs of the outbox (/admin/outbox), never with payloads, and
+ * the counters in Prometheus' text format (/metrics).
  */
+#include <stdlib.h>
 #include <string.h>
 
 #include "api/handlers.h"
@@ -116,4 +118,20 @@ out:
 	free(chname);
 	free(provider);
 	return rc;
+}
+
+int admin_metrics(const struct api_ctx *ctx, const struct api_request *req, json_t *p, int arg,
+                  struct api_response *resp, struct otp_error *err)
+{
+	(void)req; (void)p; (void)arg;
+	struct api_delivery_stats d = {0};
+	if (ctx->delivery_stats != NULL)
+		ctx->delivery_stats(ctx->delivery_stats_arg, &d);
+	char *text = api_metrics_render(ctx->metrics, ctx->delivery_stats ? &d : NULL);
+	if (text == NULL) /* out of memory (main always keeps metrics) */
+		return otp_error_set(err, OTP_ERR_NOMEM, "", "", "out of memory");
+	resp->status = 200;
+	resp->text = text;
+	resp->content_type = "text/plain; version=0.0.4; charset=utf-8";
+	return 0;
 }

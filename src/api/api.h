@@ -13,6 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "api/metrics.h"
 #include "config.h"
 #include "core/otp.h"
 #include "store/store.h"
@@ -38,6 +39,8 @@ struct api_request {
 struct api_response {
 	int status;                   /* HTTP status */
 	json_t *body;                 /* owned: freed by api_response_fini */
+	char *text;                   /* owned: a body that is not JSON (then body is NULL) */
+	const char *content_type;     /* of text: static string */
 	const char *allow;            /* Allow header for 405, static string or NULL */
 	bool basic_challenge;         /* 401 of Basic auth: add WWW-Authenticate */
 };
@@ -53,6 +56,10 @@ struct api_ctx {
 	int64_t (*now)(void);                  /* unix seconds */
 	void (*notify)(void *arg);             /* a delivery job was committed */
 	void *notify_arg;
+	struct api_metrics *metrics;           /* counters of GET /metrics; may be NULL */
+	/* the outbox's outcomes so far, for GET /metrics; NULL when there is no outbox */
+	void (*delivery_stats)(void *arg, struct api_delivery_stats *out);
+	void *delivery_stats_arg;
 };
 
 /* Route and answer one request. Always fills resp (never fails). */

@@ -138,6 +138,10 @@ int flow_send(const struct api_ctx *ctx, const struct flow_send *in, int64_t *jo
 	}
 
 	rc = store_send(ctx->store, &req, &res);
+	api_metrics_send(ctx->metrics, in->channel,
+	                 rc == 0 ? API_SEND_ACCEPTED
+	                 : rc == OTP_ERR_LIMIT ? API_SEND_LIMITED
+	                 : rc == OTP_ERR_INVALID ? API_SEND_INVALID : API_SEND_FAILED);
 	if (rc == OTP_ERR_LIMIT) {
 		otp_error_set(err, OTP_ERR_LIMIT,
 		              otp_limit_status_code(in->channel, res.refused_by.kind), "",
@@ -196,6 +200,8 @@ int flow_check(const struct api_ctx *ctx, enum otp_channel channel, unsigned mas
 	*ok = false;
 	int rc = store_check(ctx->store, &req, ok);
 	sodium_memzero(&req.presented, sizeof req.presented);
+	api_metrics_check(ctx->metrics, channel,
+	                  rc != 0 ? API_CHECK_FAILED : *ok ? API_CHECK_TRUE : API_CHECK_FALSE);
 	if (rc != 0)
 		return store_failed(err);
 	return 0;

@@ -36,5 +36,7 @@ int admin_ready(const struct api_ctx *, const struct api_request *, json_t *, in
                 struct api_response *, struct otp_error *);
 int admin_outbox(const struct api_ctx *, const struct api_request *, json_t *, int,
                  struct api_response *, struct otp_error *);
+int admin_metrics(const struct api_ctx *, const struct api_request *, json_t *, int,
+                  struct api_response *, struct otp_error *);
 
 #endif

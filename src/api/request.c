@@ -3,6 +3,8 @@
  * (keys in the order status, status_code, message, content) and the one mapping from an
  * error code to an HTTP status.
  */
+#include <stdlib.h>
+
 #include "api/api.h"
 #include "api/reply.h"
 
@@ -12,6 +14,8 @@ void api_response_fini(struct api_response *r)
 		return;
 	json_decref(r->body);
 	r->body = NULL;
+	free(r->text);
+	r->text = NULL;
 }
 
 static int http_status_for(int code)

@@ -8,6 +8,7 @@
 
 #include "api/handlers.h"
 #include "api/params.h"
+#include "api/routes.h"
 
 struct route {
 	const char *method;
@@ -45,9 +46,37 @@ static const struct route routes[] = {
 	{"GET", "/password", compat_password, 0, API_AUTH_BASIC},
 	{"POST", "/telegram/webhook", compat_telegram_webhook, 0, API_AUTH_WEBHOOK},
 	{"GET", "/admin/outbox", admin_outbox, 0, API_AUTH_BASIC},
+	{"GET", "/metrics", admin_metrics, 0, API_AUTH_BASIC},
 };
 
 #define N_ROUTES (sizeof routes / sizeof routes[0])
+
+size_t api_route_count(void)
+{
+	return N_ROUTES;
+}
+
+int api_route_find(const char *method, const char *path)
+{
+	if (method == NULL || path == NULL)
+		return -1;
+	/* HEAD is answered like GET (libmicrohttpd drops the body). */
+	if (strcmp(method, "HEAD") == 0)
+		method = "GET";
+	for (size_t i = 0; i < N_ROUTES; i++) {
+		if (strcmp(routes[i].path, path) == 0 && strcmp(routes[i].method, method) == 0)
+			return (int)i;
+	}
+	return -1;
+}
+
+void api_route_at(size_t i, const char **method, const char **path)
+{
+	if (i >= N_ROUTES)
+		return;
+	*method = routes[i].method;
+	*path = routes[i].path;
+}
 
 enum api_auth api_auth_for(const struct api_ctx *ctx, const char *path)
 {
@@ -103,15 +132,12 @@ void api_handle(const struct api_ctx *ctx, const struct api_request *req,
 
 	resp->status = 500;
 	resp->body = NULL;
+	resp->text = NULL;
+	resp->content_type = NULL;
 	resp->allow = NULL;
-	/* HEAD is answered like GET (libmicrohttpd drops the body). */
-	const char *method = strcmp(req->method, "HEAD") == 0 ? "GET" : req->method;
-	for (size_t i = 0; i < N_ROUTES; i++) {
-		if (strcmp(routes[i].path, req->path) == 0 && strcmp(routes[i].method, method) == 0) {
-			r = &routes[i];
-			break;
-		}
-	}
+	int found = api_route_find(req->method, req->path);
+	if (found >= 0)
+		r = &routes[found];
 	if (r == NULL) {
 		const char *allow = allowed(req->path);
 		if (allow != NULL) {

@@ -94,13 +94,17 @@ static enum MHD_Result collect_arg(void *cls, enum MHD_ValueKind kind, const cha
 	return MHD_YES;
 }
 
-static enum MHD_Result send_json(struct MHD_Connection *con, struct conn *c,
-                                 const char *method, const char *url,
-                                 const struct api_response *r)
+static enum MHD_Result send_response(struct http_server *s, struct MHD_Connection *con,
+                                     struct conn *c, const char *method, const char *url,
+                                     const struct api_response *r)
 {
-	char *text = r->body ? json_dumps(r->body, JSON_COMPACT) : NULL;
+	char *text = NULL;
 	struct MHD_Response *resp;
-	if (text != NULL) {
+	if (r->text != NULL) {
+		/* a copy: the response outlives r */
+		resp = MHD_create_response_from_buffer(strlen(r->text), r->text,
+		                                       MHD_RESPMEM_MUST_COPY);
+	} else if (r->body != NULL && (text = json_dumps(r->body, JSON_COMPACT)) != NULL) {
 		resp = MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE);
 	} else {
 		static const char fallback[] = "{\"status\":false,\"message\":\"internal error\"}";
@@ -111,7 +115,9 @@ static enum MHD_Result send_json(struct MHD_Connection *con, struct conn *c,
 		free(text);
 		return MHD_NO;
 	}
-	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE,
+	                        r->text != NULL && r->content_type != NULL ? r->content_type
+	                                                                   : "application/json");
 	MHD_add_response_header(resp, "X-Request-Id", c->request_id);
 	if (r->basic_challenge)
 		MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE,
@@ -120,10 +126,12 @@ static enum MHD_Result send_json(struct MHD_Connection *con, struct conn *c,
 		MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, r->allow);
 	enum MHD_Result ret = MHD_queue_response(con, (unsigned)r->status, resp);
 	MHD_destroy_response(resp);
+	double took_ms = elapsed_ms(&c->start);
+	api_metrics_request(s->api->metrics, method, url, r->status, took_ms / 1000.0);
 	if (log_enabled(LOG_INFO)) {
 		char status[8], ms[24];
 		snprintf(status, sizeof status, "%d", r->status);
-		snprintf(ms, sizeof ms, "%.2f", elapsed_ms(&c->start));
+		snprintf(ms, sizeof ms, "%.2f", took_ms);
 		/* The query string is never logged: it may carry a code. */
 		log_write(LOG_INFO, "request", "req", c->request_id, "method", method, "path", url,
 		          "status", status, "ms", ms, LOG_END);
@@ -131,16 +139,16 @@ static enum MHD_Result send_json(struct MHD_Connection *con, struct conn *c,
 	return ret;
 }
 
-static enum MHD_Result send_error(struct MHD_Connection *con, struct conn *c, const char *method,
-                                  const char *url, int code, const char *status_code,
-                                  const char *message)
+static enum MHD_Result send_error(struct http_server *s, struct MHD_Connection *con,
+                                  struct conn *c, const char *method, const char *url,
+                                  int code, const char *status_code, const char *message)
 {
 	struct otp_error e = {0};
 	struct api_response r = {0};
 	otp_error_set(&e, code, status_code, "", "%s", message);
 	api_error_response(&e, &r);
 	r.basic_challenge = code == OTP_ERR_AUTH;
-	enum MHD_Result ret = send_json(con, c, method, url, &r);
+	enum MHD_Result ret = send_response(s, con, c, method, url, &r);
 	api_response_fini(&r);
 	return ret;
 }
@@ -188,7 +196,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *con, const c
 		 * too large for int64 is over any limit */
 		if (cl != NULL && (otp_parse_i64(cl, 0, INT64_MAX, &declared) != 0 ||
 		                   declared > s->cfg->max_body_bytes))
-			return send_error(con, c, method, url, OTP_ERR_TOO_LARGE, "too_large",
+			return send_error(s, con, c, method, url, OTP_ERR_TOO_LARGE, "too_large",
 			                  "the request body is larger than OTPD_MAX_BODY_BYTES");
 		return MHD_YES;
 	}
@@ -218,14 +226,14 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *con, const c
 	}
 
 	if (c->too_large)
-		return send_error(con, c, method, url, OTP_ERR_TOO_LARGE, "too_large",
+		return send_error(s, con, c, method, url, OTP_ERR_TOO_LARGE, "too_large",
 		                  "the request body is larger than OTPD_MAX_BODY_BYTES");
 	if (s->auth && api_auth_for(s->api, url) == API_AUTH_BASIC && !basic_auth_ok(s, con))
-		return send_error(con, c, method, url, OTP_ERR_AUTH, "unauthorized",
+		return send_error(s, con, c, method, url, OTP_ERR_AUTH, "unauthorized",
 		                  "authentication required");
 	MHD_get_connection_values(con, MHD_GET_ARGUMENT_KIND, collect_arg, c);
 	if (c->too_many_args)
-		return send_error(con, c, method, url, OTP_ERR_INVALID, "invalid_parameter",
+		return send_error(s, con, c, method, url, OTP_ERR_INVALID, "invalid_parameter",
 		                  "too many query parameters");
 
 	struct api_request req = {
@@ -241,7 +249,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *con, const c
 	};
 	struct api_response resp = {0};
 	api_handle(s->api, &req, &resp);
-	enum MHD_Result ret = send_json(con, c, method, url, &resp);
+	enum MHD_Result ret = send_response(s, con, c, method, url, &resp);
 	api_response_fini(&resp);
 	return ret;
 }

@@ -29,6 +29,12 @@ void outbox_notify(struct outbox *o);
 void outbox_stop(struct outbox *o, int deadline_s);
 void outbox_free(struct outbox *o);
 
+/* Delivery outcomes of this process since start (the counters the log reports). */
+struct outbox_stats {
+	long long sent, retried, dead, released, store_errors;
+};
+void outbox_stats(struct outbox *o, struct outbox_stats *out);
+
 /* The provider name that will deliver `channel` (cfg + DUMMY), for the send path. */
 const char *outbox_provider_for(const struct outbox *o, int channel);
 

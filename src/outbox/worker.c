@@ -573,6 +573,18 @@ static void run_batch(struct outbox *o, struct outbox_worker *w)
 	}
 }
 
+void outbox_stats(struct outbox *o, struct outbox_stats *out)
+{
+	memset(out, 0, sizeof *out);
+	if (o == NULL)
+		return;
+	out->sent = atomic_load(&o->n_sent);
+	out->retried = atomic_load(&o->n_retry);
+	out->dead = atomic_load(&o->n_dead);
+	out->released = atomic_load(&o->n_released);
+	out->store_errors = atomic_load(&o->n_store_errors);
+}
+
 static void log_counters(struct outbox *o, const char *msg)
 {
 	char a[NUM_MAX], b[NUM_MAX], c[NUM_MAX], d[NUM_MAX], e[NUM_MAX];

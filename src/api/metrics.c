@@ -1,0 +1,265 @@
+/*
+ * metrics.c - counters and their Prometheus text rendering (metrics.h).
+ *
+ * DESIGN: one row of counters per route of routes.c plus one for everything else, each
+ * with a counter per HTTP status 100..599 (only the non-zero ones are printed) and a
+ * latency histogram kept as per-bucket counts, made cumulative when rendered. Sums are
+ * kept in microseconds as integers so every counter is a plain atomic add.
+ */
+#include "api/metrics.h"
+
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api/routes.h"
+
+#define M_STATUS_MIN 100
+#define M_STATUS_N 500
+
+static const double m_buckets[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                                   0.1,    0.25,  0.5,    1,     2.5,  5,     10};
+#define M_BUCKETS (sizeof m_buckets / sizeof m_buckets[0])
+
+static const char *const send_names[] = {"accepted", "limited", "invalid", "failed"};
+static const char *const check_names[] = {"true", "false", "failed"};
+#define M_SEND_N (sizeof send_names / sizeof send_names[0])
+#define M_CHECK_N (sizeof check_names / sizeof check_names[0])
+
+struct m_route {
+	atomic_ullong status[M_STATUS_N];
+	atomic_ullong bucket[M_BUCKETS + 1];   /* per bucket, not cumulative; last: +Inf */
+	atomic_ullong sum_us;
+	atomic_ullong count;
+};
+
+struct api_metrics {
+	char version[32];
+	char store[16];
+	double start_time;
+	size_t n_rows;                          /* routes + "other" */
+	struct m_route *rows;
+	atomic_ullong sends[OTP_CH_COUNT][M_SEND_N];
+	atomic_ullong checks[OTP_CH_COUNT][M_CHECK_N];
+};
+
+struct api_metrics *api_metrics_new(const char *version, const char *store, double start_time)
+{
+	struct api_metrics *m = calloc(1, sizeof *m);
+	if (m == NULL)
+		return NULL;
+	m->n_rows = api_route_count() + 1;
+	m->rows = calloc(m->n_rows, sizeof *m->rows);
+	if (m->rows == NULL) {
+		free(m);
+		return NULL;
+	}
+	snprintf(m->version, sizeof m->version, "%s", version ? version : "");
+	snprintf(m->store, sizeof m->store, "%s", store ? store : "");
+	m->start_time = start_time;
+	for (size_t r = 0; r < m->n_rows; r++) {
+		struct m_route *row = &m->rows[r];
+		for (size_t i = 0; i < M_STATUS_N; i++)
+			atomic_init(&row->status[i], 0);
+		for (size_t i = 0; i <= M_BUCKETS; i++)
+			atomic_init(&row->bucket[i], 0);
+		atomic_init(&row->sum_us, 0);
+		atomic_init(&row->count, 0);
+	}
+	for (size_t c = 0; c < OTP_CH_COUNT; c++) {
+		for (size_t i = 0; i < M_SEND_N; i++)
+			atomic_init(&m->sends[c][i], 0);
+		for (size_t i = 0; i < M_CHECK_N; i++)
+			atomic_init(&m->checks[c][i], 0);
+	}
+	return m;
+}
+
+void api_metrics_free(struct api_metrics *m)
+{
+	if (m == NULL)
+		return;
+	free(m->rows);
+	free(m);
+}
+
+static void add(atomic_ullong *a, unsigned long long n)
+{
+	atomic_fetch_add_explicit(a, n, memory_order_relaxed);
+}
+
+static unsigned long long get(const atomic_ullong *a)
+{
+	/* atomic_load_explicit takes a non-const pointer in C11 */
+	return atomic_load_explicit((atomic_ullong *)a, memory_order_relaxed);
+}
+
+void api_metrics_request(struct api_metrics *m, const char *method, const char *path,
+                         int status, double seconds)
+{
+	if (m == NULL)
+		return;
+	int r = api_route_find(method, path);
+	struct m_route *row = &m->rows[r < 0 ? m->n_rows - 1 : (size_t)r];
+	if (status >= M_STATUS_MIN && status < M_STATUS_MIN + M_STATUS_N)
+		add(&row->status[status - M_STATUS_MIN], 1);
+	if (seconds < 0)
+		seconds = 0;
+	size_t b = 0;
+	while (b < M_BUCKETS && seconds > m_buckets[b])
+		b++;
+	add(&row->bucket[b], 1);
+	add(&row->sum_us, (unsigned long long)(seconds * 1e6 + 0.5));
+	add(&row->count, 1);
+}
+
+void api_metrics_send(struct api_metrics *m, enum otp_channel ch, enum api_send_outcome o)
+{
+	if (m != NULL && (unsigned)ch < OTP_CH_COUNT && (unsigned)o < M_SEND_N)
+		add(&m->sends[ch][o], 1);
+}
+
+void api_metrics_check(struct api_metrics *m, enum otp_channel ch, enum api_check_outcome o)
+{
+	if (m != NULL && (unsigned)ch < OTP_CH_COUNT && (unsigned)o < M_CHECK_N)
+		add(&m->checks[ch][o], 1);
+}
+
+/* ---- rendering ---------------------------------------------------------------------- */
+
+struct m_buf {
+	char *p;
+	size_t len, cap;
+	bool failed;
+};
+
+static void out(struct m_buf *b, const char *fmt, ...)
+{
+	if (b->failed)
+		return;
+	for (;;) {
+		va_list ap;
+		va_start(ap, fmt);
+		int n = vsnprintf(b->p + b->len, b->cap - b->len, fmt, ap);
+		va_end(ap);
+		if (n < 0) {
+			b->failed = true;
+			return;
+		}
+		if ((size_t)n < b->cap - b->len) {
+			b->len += (size_t)n;
+			return;
+		}
+		size_t cap = b->cap * 2 + (size_t)n;
+		char *np = realloc(b->p, cap);
+		if (np == NULL) {
+			b->failed = true;
+			return;
+		}
+		b->p = np;
+		b->cap = cap;
+	}
+}
+
+static void family(struct m_buf *b, const char *name, const char *type, const char *help)
+{
+	out(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+/* The method and route labels of row r. */
+static void row_labels(const struct api_metrics *m, size_t r, const char **method,
+                       const char **route)
+{
+	*method = "other";
+	*route = "other";
+	if (r + 1 < m->n_rows)
+		api_route_at(r, method, route);
+}
+
+char *api_metrics_render(const struct api_metrics *m, const struct api_delivery_stats *delivery)
+{
+	struct m_buf b = {.cap = 16384};
+	if (m == NULL || (b.p = malloc(b.cap)) == NULL)
+		return NULL;
+	b.p[0] = '\0';
+
+	family(&b, "otpd_build_info", "gauge", "Version and store backend of this otpd.");
+	out(&b, "otpd_build_info{version=\"%s\",store=\"%s\"} 1\n", m->version, m->store);
+	family(&b, "otpd_start_time_seconds", "gauge", "When this otpd started, unix seconds.");
+	out(&b, "otpd_start_time_seconds %.3f\n", m->start_time);
+
+	family(&b, "otpd_http_requests_total", "counter",
+	       "HTTP requests answered, by route and status.");
+	for (size_t r = 0; r < m->n_rows; r++) {
+		const char *method, *route;
+		row_labels(m, r, &method, &route);
+		for (size_t s = 0; s < M_STATUS_N; s++) {
+			unsigned long long n = get(&m->rows[r].status[s]);
+			if (n > 0)
+				out(&b, "otpd_http_requests_total{method=\"%s\",route=\"%s\",status=\"%zu\"} %llu\n",
+				    method, route, s + M_STATUS_MIN, n);
+		}
+	}
+
+	family(&b, "otpd_http_request_duration_seconds", "histogram",
+	       "Time from the first byte of a request to its answer being queued.");
+	for (size_t r = 0; r < m->n_rows; r++) {
+		const struct m_route *row = &m->rows[r];
+		if (get(&row->count) == 0)
+			continue;
+		const char *method, *route;
+		row_labels(m, r, &method, &route);
+		unsigned long long cum = 0;
+		for (size_t i = 0; i <= M_BUCKETS; i++) {
+			cum += get(&row->bucket[i]);
+			if (i < M_BUCKETS)
+				out(&b, "otpd_http_request_duration_seconds_bucket{method=\"%s\",route=\"%s\","
+				    "le=\"%g\"} %llu\n", method, route, m_buckets[i], cum);
+			else
+				out(&b, "otpd_http_request_duration_seconds_bucket{method=\"%s\",route=\"%s\","
+				    "le=\"+Inf\"} %llu\n", method, route, cum);
+		}
+		out(&b, "otpd_http_request_duration_seconds_sum{method=\"%s\",route=\"%s\"} %.6f\n",
+		    method, route, (double)get(&row->sum_us) / 1e6);
+		/* the +Inf bucket's total, so the count agrees with the buckets in one scrape */
+		out(&b, "otpd_http_request_duration_seconds_count{method=\"%s\",route=\"%s\"} %llu\n",
+		    method, route, cum);
+	}
+
+	family(&b, "otpd_sends_total", "counter",
+	       "Codes sent, by channel and result: accepted (stored with its delivery job), "
+	       "limited (refused by a limit), invalid (refused by the rules), failed (the "
+	       "store failed).");
+	for (size_t c = 0; c < OTP_CH_COUNT; c++)
+		for (size_t i = 0; i < M_SEND_N; i++)
+			out(&b, "otpd_sends_total{channel=\"%s\",result=\"%s\"} %llu\n",
+			    otp_channel_name((enum otp_channel)c), send_names[i], get(&m->sends[c][i]));
+
+	family(&b, "otpd_checks_total", "counter",
+	       "Codes checked, by the check's channel and answer (failed: the store failed).");
+	for (size_t c = 0; c < OTP_CH_COUNT; c++)
+		for (size_t i = 0; i < M_CHECK_N; i++)
+			out(&b, "otpd_checks_total{channel=\"%s\",result=\"%s\"} %llu\n",
+			    otp_channel_name((enum otp_channel)c), check_names[i], get(&m->checks[c][i]));
+
+	if (delivery != NULL) {
+		family(&b, "otpd_outbox_deliveries_total", "counter",
+		       "Delivery attempts by this process, by outcome (released: put back "
+		       "untried at shutdown).");
+		out(&b, "otpd_outbox_deliveries_total{outcome=\"sent\"} %lld\n", delivery->sent);
+		out(&b, "otpd_outbox_deliveries_total{outcome=\"retry\"} %lld\n", delivery->retried);
+		out(&b, "otpd_outbox_deliveries_total{outcome=\"dead\"} %lld\n", delivery->dead);
+		out(&b, "otpd_outbox_deliveries_total{outcome=\"released\"} %lld\n",
+		    delivery->released);
+		family(&b, "otpd_outbox_store_errors_total", "counter",
+		       "Claims and outcome writes of the outbox that the store refused.");
+		out(&b, "otpd_outbox_store_errors_total %lld\n", delivery->store_errors);
+	}
+	if (b.failed) {
+		free(b.p);
+		return NULL;
+	}
+	return b.p;
+}

@@ -1,0 +1,46 @@
+/*
+ * metrics.h - the counters behind GET /metrics, rendered in the Prometheus text format
+ * (version 0.0.4): HTTP requests per route and status with a latency histogram, sends
+ * and checks per channel by outcome, and the outbox's delivery outcomes (read at scrape
+ * time through struct api_ctx's delivery_stats callback).
+ *
+ * Labels come only from fixed sets (the route table, the channels, HTTP statuses
+ * 100..599), never from what a client sent, so a scan of random paths cannot grow the
+ * output: an unknown path or method is counted as route="other", method="other".
+ * Thread-safety: every counter is a relaxed atomic; any thread adds, a scrape reads
+ * without a lock (one request's counters may be seen half-added, as with any
+ * Prometheus client library).
+ */
+#ifndef OTPD_API_METRICS_H
+#define OTPD_API_METRICS_H
+
+#include <stdbool.h>
+
+#include "core/otp.h"
+
+struct api_metrics;
+
+/* What the outbox has done since start (main.c fills it from outbox.h). */
+struct api_delivery_stats {
+	long long sent, retried, dead, released, store_errors;
+};
+
+/* NULL when out of memory. `store` names the backend for otpd_build_info. */
+struct api_metrics *api_metrics_new(const char *version, const char *store, double start_time);
+void api_metrics_free(struct api_metrics *m);
+
+/* One answered request (any m may be NULL: nothing is counted). */
+void api_metrics_request(struct api_metrics *m, const char *method, const char *path,
+                         int status, double seconds);
+
+enum api_send_outcome { API_SEND_ACCEPTED, API_SEND_LIMITED, API_SEND_INVALID, API_SEND_FAILED };
+void api_metrics_send(struct api_metrics *m, enum otp_channel ch, enum api_send_outcome o);
+
+enum api_check_outcome { API_CHECK_TRUE, API_CHECK_FALSE, API_CHECK_FAILED };
+void api_metrics_check(struct api_metrics *m, enum otp_channel ch, enum api_check_outcome o);
+
+/* The whole exposition as a malloc'd string (caller frees), or NULL when out of memory.
+ * `delivery` may be NULL (no outbox: DUMMY=true, or a test). */
+char *api_metrics_render(const struct api_metrics *m, const struct api_delivery_stats *delivery);
+
+#endif
