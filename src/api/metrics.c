@@ -135,6 +135,8 @@ struct m_buf {
 	bool failed;
 };
 
+static void out(struct m_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
 static void out(struct m_buf *b, const char *fmt, ...)
 {
 	if (b->failed)

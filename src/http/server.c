@@ -273,6 +273,8 @@ static void on_completed(void *cls, struct MHD_Connection *con, void **con_cls,
 	atomic_fetch_sub(&s->in_flight, 1);
 }
 
+static void on_mhd_log(void *cls, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
+
 static void on_mhd_log(void *cls, const char *fmt, va_list ap)
 {
 	(void)cls;
