@@ -9,7 +9,7 @@ PKGS=(
   libmicrohttpd-dev libjansson-dev libsqlite3-dev libsodium-dev
   libcurl4-openssl-dev libpq-dev libcmocka-dev
   python3 python3-pytest python3-requests python3-yaml
-  postgresql sqlite3 curl
+  postgresql sqlite3 curl openssl
 )
 # Extra tools for `make check` / `make bench` / fuzzing.
 case "${1:-}" in

@@ -36,6 +36,10 @@ static const struct var vars[] = {
 	 "host:port to listen on ([::1]:8080 for IPv6, 0.0.0.0:80 for every interface)"},
 	{"OTPD_DATA_DIR", V_STR, F(data_dir), 0, 4000, "data", false, NULL,
 	 "directory for the SQLite database and the generated secret key (created 0700)"},
+	{"OTPD_TLS_CERT", V_STR, F(tls_cert), 0, 4000, NULL, false, NULL,
+	 "with OTPD_TLS_KEY: serve HTTPS; a PEM file with the certificate (and its chain)"},
+	{"OTPD_TLS_KEY", V_STR, F(tls_key), 0, 4000, NULL, false, NULL,
+	 "the PEM file of the certificate's private key"},
 	{"OTPD_THREADS", V_INT, F(threads), 1, 1024, NULL, false, NULL,
 	 "HTTP worker threads (default: PHP_PM_MAX_CHILDREN)"},
 	{"OTPD_MAX_BODY_BYTES", V_INT, F(max_body_bytes), 256, 16777216, "65536", false, NULL,
@@ -394,6 +398,9 @@ int config_load(config_getenv_fn get, void *ctx, struct config **out, char **err
 	if (is_set(c->http_auth_username) != is_set(c->http_auth_password))
 		err_add(&e, is_set(c->http_auth_username) ? "HTTP_AUTH_PASSWORD" : "HTTP_AUTH_USERNAME",
 		        "HTTP_AUTH_USERNAME and HTTP_AUTH_PASSWORD must be set together");
+	if (is_set(c->tls_cert) != is_set(c->tls_key))
+		err_add(&e, is_set(c->tls_cert) ? "OTPD_TLS_KEY" : "OTPD_TLS_CERT",
+		        "OTPD_TLS_CERT and OTPD_TLS_KEY must be set together");
 	if (is_set(c->http_auth_username) && strchr(c->http_auth_username, ':') != NULL)
 		err_add(&e, "HTTP_AUTH_USERNAME", "must not contain ':'");
 	if (is_set(c->pg_host)) {

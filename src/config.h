@@ -22,6 +22,8 @@ struct config {
 	char *listen_host;            /* parsed from listen */
 	int listen_port;
 	char *data_dir;               /* OTPD_DATA_DIR */
+	char *tls_cert;               /* OTPD_TLS_CERT: PEM file, or NULL: plain HTTP */
+	char *tls_key;                /* OTPD_TLS_KEY: PEM file (set with tls_cert) */
 	int threads;                  /* OTPD_THREADS, default PHP_PM_MAX_CHILDREN */
 	int php_pm_max_children;      /* PHP_PM_MAX_CHILDREN */
 	int php_pm_max_requests;      /* PHP_PM_MAX_REQUESTS (ignored) */

@@ -238,26 +238,30 @@ static int serve(const struct config *cfg)
 	struct janitor jan = {.store = NULL, .cfg = cfg};
 	bool janitor_started = false;
 	struct api_metrics *metrics = NULL;
+	struct http_tls *tls = NULL;
 
 	if (cfg->php_pm_max_requests_set)
 		log_write(LOG_INFO, "PHP_PM_MAX_REQUESTS has no meaning for otpd and is ignored", LOG_END);
-	if (cfg->pg_host == NULL && mkdir(cfg->data_dir, 0700) != 0 && errno != EEXIST) {
-		fprintf(stderr, "otpd: OTPD_DATA_DIR: cannot create %s: %s\n", cfg->data_dir,
-		        strerror(errno));
+	/* before anything is created: a bad file is a configuration error */
+	if (http_tls_load(cfg, &tls, err, sizeof err) != 0) {
+		fprintf(stderr, "otpd: %s\n", err);
 		return 2;
 	}
-	if (cfg->secret_key == NULL && cfg->pg_host != NULL && mkdir(cfg->data_dir, 0700) != 0 &&
+	if ((cfg->pg_host == NULL || cfg->secret_key == NULL) && mkdir(cfg->data_dir, 0700) != 0 &&
 	    errno != EEXIST) {
 		fprintf(stderr, "otpd: OTPD_DATA_DIR: cannot create %s: %s\n", cfg->data_dir,
 		        strerror(errno));
+		http_tls_free(tls);
 		return 2;
 	}
 	if (load_key(cfg, master, err, sizeof err) != 0) {
 		fprintf(stderr, "otpd: %s\n", err);
+		http_tls_free(tls);
 		return 2;
 	}
 	if (otp_key_init(&key, master) != 0) {
 		fprintf(stderr, "otpd: cannot initialise libsodium\n");
+		http_tls_free(tls);
 		return 1;
 	}
 	sodium_memzero(master, sizeof master);
@@ -295,7 +299,7 @@ static int serve(const struct config *cfg)
 		.delivery_stats = delivery_stats,
 		.delivery_stats_arg = outbox,
 	};
-	http = http_server_start(cfg, &api, err, sizeof err);
+	http = http_server_start(cfg, &api, tls, err, sizeof err);
 	if (http == NULL) {
 		fprintf(stderr, "otpd: %s\n", err);
 		goto out;
@@ -348,6 +352,7 @@ out:;
 	}
 	store_close(store);
 	api_metrics_free(metrics);
+	http_tls_free(tls);
 	otp_key_wipe(&key);
 	if (status == 0)
 		log_write(LOG_INFO, "otpd stopped", LOG_END);
@@ -471,6 +476,13 @@ int main(int argc, char **argv)
 
 	if (cmd != NULL && strcmp(cmd, "--check-config") == 0) {
 		int problems = check_providers(cfg);
+		struct http_tls *tls = NULL;
+		char terr[4400] = "";
+		if (http_tls_load(cfg, &tls, terr, sizeof terr) != 0) {
+			fprintf(stderr, "otpd: %s\n", terr);
+			problems++;
+		}
+		http_tls_free(tls);
 		if (problems == 0)
 			config_dump(cfg, stdout);
 		config_free(cfg);

@@ -6,7 +6,10 @@
  * on the store. poll, not epoll: libmicrohttpd 0.9.75 (Debian 12) races with itself when
  * a thread pool on epoll is quiesced (the quiescing thread and a worker both remove the
  * listen socket from the worker's epoll set and the loser aborts the process), and a
- * drain must never crash. The body is accumulated into a per-request buffer that never grows past
+ * drain must never crash. With OTPD_TLS_CERT/OTPD_TLS_KEY the same daemon speaks TLS 1.2
+ * and 1.3 only (GnuTLS inside libmicrohttpd); the PEM files are read by main before
+ * anything is created, so an unusable file is a configuration error (exit 2).
+ * The body is accumulated into a per-request buffer that never grows past
  * OTPD_MAX_BODY_BYTES: a declared Content-Length over the limit is refused at the first
  * callback (before any body byte is read), a chunked body that grows over it is
  * discarded and refused at the end. `in_flight` counts requests between their first
@@ -15,6 +18,7 @@
 #include "http/server.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <microhttpd.h>
 #include <netdb.h>
 #include <sodium.h>
@@ -286,8 +290,84 @@ static void on_mhd_log(void *cls, const char *fmt, va_list ap)
 	log_write(LOG_DEBUG, "http", "detail", msg, LOG_END);
 }
 
+#define TLS_FILE_MAX (1024 * 1024)
+/* TLS 1.2 and 1.3 only, GnuTLS' normal ciphers within them */
+#define TLS_PRIORITIES "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2"
+
+struct http_tls {
+	char *cert;            /* PEM, NUL-terminated */
+	char *key;             /* PEM, NUL-terminated; wiped when freed */
+	size_t key_len;
+};
+
+/* The whole file at path into a malloc'd NUL-terminated string. */
+static char *read_pem(const char *var, const char *path, size_t *len, char *err, size_t cap)
+{
+	FILE *f = fopen(path, "rb");
+	if (f == NULL) {
+		snprintf(err, cap, "%s: cannot read %s: %s", var, path, strerror(errno));
+		return NULL;
+	}
+	char *buf = malloc(TLS_FILE_MAX + 1);
+	size_t n = buf ? fread(buf, 1, TLS_FILE_MAX + 1, f) : 0;
+	bool read_error = ferror(f) != 0;
+	fclose(f);
+	if (buf == NULL) {
+		snprintf(err, cap, "%s: out of memory", var);
+		return NULL;
+	}
+	const char *why = read_error ? "cannot be read" : n == 0 ? "is empty"
+	                  : n > TLS_FILE_MAX ? "is larger than 1 MiB" : NULL;
+	if (why == NULL) {
+		buf[n] = '\0';
+		if (strstr(buf, "-----BEGIN ") == NULL)
+			why = "is not a PEM file";
+	}
+	if (why != NULL) {
+		sodium_memzero(buf, n < TLS_FILE_MAX ? n : TLS_FILE_MAX);
+		free(buf);
+		snprintf(err, cap, "%s: %s %s", var, path, why);
+		return NULL;
+	}
+	*len = n;
+	return buf;
+}
+
+int http_tls_load(const struct config *cfg, struct http_tls **out, char *err, size_t cap)
+{
+	*out = NULL;
+	if (cfg->tls_cert == NULL || cfg->tls_key == NULL)
+		return 0;
+	struct http_tls *t = calloc(1, sizeof *t);
+	size_t cert_len = 0;
+	if (t == NULL) {
+		snprintf(err, cap, "OTPD_TLS_CERT: out of memory");
+		return -1;
+	}
+	t->cert = read_pem("OTPD_TLS_CERT", cfg->tls_cert, &cert_len, err, cap);
+	if (t->cert != NULL)
+		t->key = read_pem("OTPD_TLS_KEY", cfg->tls_key, &t->key_len, err, cap);
+	if (t->key == NULL) {
+		http_tls_free(t);
+		return -1;
+	}
+	*out = t;
+	return 0;
+}
+
+void http_tls_free(struct http_tls *t)
+{
+	if (t == NULL)
+		return;
+	free(t->cert);
+	if (t->key != NULL)
+		sodium_memzero(t->key, t->key_len);
+	free(t->key);
+	free(t);
+}
+
 struct http_server *http_server_start(const struct config *cfg, const struct api_ctx *api,
-                                      char *err, size_t cap)
+                                      const struct http_tls *tls, char *err, size_t cap)
 {
 	struct addrinfo hints = {0}, *ai = NULL;
 	hints.ai_family = AF_UNSPEC;
@@ -323,8 +403,19 @@ struct http_server *http_server_start(const struct config *cfg, const struct api
 	                 MHD_USE_ERROR_LOG;
 	if (ai->ai_family == AF_INET6)
 		flags |= MHD_USE_IPv6;
+	struct MHD_OptionItem tls_opts[] = {
+		{MHD_OPTION_HTTPS_MEM_CERT, 0, tls ? tls->cert : NULL},
+		{MHD_OPTION_HTTPS_MEM_KEY, 0, tls ? tls->key : NULL},
+		{MHD_OPTION_HTTPS_PRIORITIES, 0, (void *)TLS_PRIORITIES},
+		{MHD_OPTION_END, 0, NULL},
+	};
+	if (tls != NULL)
+		flags |= MHD_USE_TLS;
+	else
+		tls_opts[0].option = MHD_OPTION_END;
 	s->daemon = MHD_start_daemon(
 		flags, (uint16_t)cfg->listen_port, NULL, NULL, on_request, s,
+		MHD_OPTION_ARRAY, tls_opts,
 		MHD_OPTION_SOCK_ADDR, ai->ai_addr,
 		MHD_OPTION_THREAD_POOL_SIZE, (unsigned)cfg->threads,
 		MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)30,
@@ -334,8 +425,13 @@ struct http_server *http_server_start(const struct config *cfg, const struct api
 		MHD_OPTION_END);
 	freeaddrinfo(ai);
 	if (s->daemon == NULL) {
-		snprintf(err, cap, "OTPD_LISTEN: cannot listen on %s (in use, or not allowed)",
-		         cfg->listen);
+		if (tls != NULL)
+			snprintf(err, cap, "HTTPS could not start on %s: the address is in use or "
+			         "not allowed, or OTPD_TLS_KEY is not the key of OTPD_TLS_CERT",
+			         cfg->listen);
+		else
+			snprintf(err, cap, "OTPD_LISTEN: cannot listen on %s (in use, or not allowed)",
+			         cfg->listen);
 		free(s);
 		return NULL;
 	}

@@ -1,7 +1,7 @@
 /*
- * server.h - the HTTP edge: libmicrohttpd with a thread pool, the request body limit
- * (413 before the body is read), Basic auth, request ids, the access log, and turning
- * api_response into bytes. The only module that includes microhttpd.h.
+ * server.h - the HTTP edge: libmicrohttpd with a thread pool, optional TLS, the request
+ * body limit (413 before the body is read), Basic auth, request ids, the access log, and
+ * turning api_response into bytes. The only module that includes microhttpd.h.
  * Thread-safety: start/quiesce/stop from the main thread only.
  */
 #ifndef OTPD_HTTP_SERVER_H
@@ -14,10 +14,20 @@
 
 struct http_server;
 
-/* Listen on cfg->listen_host:listen_port with cfg->threads threads. `api` must outlive
- * the server. NULL with a reason in err when the address can't be bound. */
+/* The certificate and key of OTPD_TLS_CERT / OTPD_TLS_KEY, read into memory. */
+struct http_tls;
+
+/* Read the PEM files when TLS is configured: 0 with *out set (NULL when it is not), or
+ * -1 with the reason in err (unreadable, empty, over 1 MiB, or not PEM). */
+int http_tls_load(const struct config *cfg, struct http_tls **out, char *err, size_t cap);
+/* Wipe the key and free. Accepts NULL. */
+void http_tls_free(struct http_tls *t);
+
+/* Listen on cfg->listen_host:listen_port with cfg->threads threads, HTTPS when tls is
+ * not NULL. `api` and `tls` must outlive the server. NULL with a reason in err when the
+ * address can't be bound (or the TLS key and certificate are refused). */
 struct http_server *http_server_start(const struct config *cfg, const struct api_ctx *api,
-                                      char *err, size_t cap);
+                                      const struct http_tls *tls, char *err, size_t cap);
 /* Stop accepting connections, then wait up to deadline_s seconds for requests in flight
  * to be answered. */
 void http_server_drain(struct http_server *s, int deadline_s);

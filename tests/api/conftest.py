@@ -32,7 +32,7 @@ uniq                 fresh values: uniq.phone(), .email(), .chat_id(), .code(dig
 
 Otpd (tests/api/otpdlib.py)
 ---------------------------
-  .base / .url(path) / .port / .data_dir / .env / .backend / .schema
+  .base / .url(path) / .port / .data_dir / .env / .backend / .schema / .tls (HTTPS cert)
   .auth = (user, password)   Basic auth sent by every request that gives none
   .request(method, path, body=None, **requests_kwargs)  body sent as JSON whatever the
       method (seed style GET with a JSON body); params=, data=, headers=, auth= pass on.

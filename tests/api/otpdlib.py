@@ -313,8 +313,14 @@ class Otpd:
     # -- life cycle --
 
     @property
+    def tls(self):
+        """The certificate file when this instance serves HTTPS (OTPD_TLS_CERT), else None."""
+        return self.env.get("OTPD_TLS_CERT") or None
+
+    @property
     def base(self):
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     def url(self, path):
         return self.base + path
@@ -359,7 +365,7 @@ class Otpd:
             if self.proc.poll() is not None:
                 return False
             try:
-                r = requests.get(self.url("/health"), timeout=2)
+                r = requests.get(self.url("/health"), timeout=2, verify=self.tls or True)
                 if r.status_code == 200:
                     return True
             except requests.RequestException:
@@ -465,6 +471,8 @@ class Otpd:
         body). Other keywords go to requests (params=, data=, headers=, auth=...); without
         auth= (or an Authorization header), self.auth is used when set."""
         kw.setdefault("timeout", HTTP_TIMEOUT)
+        if self.tls:
+            kw.setdefault("verify", self.tls)  # the test's own self-signed certificate
         if self.auth is not None and "auth" not in kw and "Authorization" not in (
                 kw.get("headers") or {}):
             kw["auth"] = self.auth
