@@ -324,7 +324,7 @@ static char *read_pem(const char *var, const char *path, size_t *len, char *err,
 			why = "is not a PEM file";
 	}
 	if (why != NULL) {
-		sodium_memzero(buf, n < TLS_FILE_MAX ? n : TLS_FILE_MAX);
+		sodium_memzero(buf, n); /* n <= TLS_FILE_MAX + 1, the buffer's size */
 		free(buf);
 		snprintf(err, cap, "%s: %s %s", var, path, why);
 		return NULL;
