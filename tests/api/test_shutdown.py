@@ -31,7 +31,7 @@ def test_sigterm_finishes_a_request_in_flight_and_refuses_new_connections(otpd, 
         sock.sendall(b"POST /sms HTTP/1.1\r\nHost: otpd\r\nContent-Type: application/json\r\n"
                      b"Connection: close\r\nContent-Length: " + str(len(body)).encode() +
                      b"\r\n\r\n" + body[:10])
-        time.sleep(0.3)  # the headers are read: the request is in flight
+        time.sleep(1.0)  # the headers are read: the request is in flight
         otpd.proc.send_signal(signal.SIGTERM)
         otpd.wait_log("shutting down", timeout=10)
 
