@@ -247,6 +247,10 @@ static int serve(const struct config *cfg)
 		fprintf(stderr, "otpd: %s\n", err);
 		return 2;
 	}
+	struct stat kst;
+	if (tls != NULL && stat(cfg->tls_key, &kst) == 0 && (kst.st_mode & 077) != 0)
+		log_write(LOG_WARN, "TLS key file is readable by others: chmod 600 it", "path",
+		          cfg->tls_key, LOG_END);
 	if ((cfg->pg_host == NULL || cfg->secret_key == NULL) && mkdir(cfg->data_dir, 0700) != 0 &&
 	    errno != EEXIST) {
 		fprintf(stderr, "otpd: OTPD_DATA_DIR: cannot create %s: %s\n", cfg->data_dir,

@@ -30,11 +30,21 @@ def make_cert(dirpath, name="server"):
 @pytest.fixture
 def tls_otpd(otpd_factory, tmp_path):
     cert, key = make_cert(tmp_path)
+    key.chmod(0o600)
     return otpd_factory(env={"OTPD_TLS_CERT": cert, "OTPD_TLS_KEY": key})
+
+
+def test_a_key_file_others_can_read_is_warned_about(otpd_factory, tmp_path):
+    cert, key = make_cert(tmp_path)
+    key.chmod(0o644)
+    o = otpd_factory(env={"OTPD_TLS_CERT": cert, "OTPD_TLS_KEY": key})
+    rec = o.wait_log(lambda r: r.get("msg", "").startswith("TLS key file is readable"))
+    assert rec["level"] == "warn" and rec["path"] == str(key)
 
 
 def test_the_api_over_https(tls_otpd, uniq):
     assert tls_otpd.base.startswith("https://")
+    assert "TLS key file is readable" not in tls_otpd.log_text()
     phone, code = uniq.phone(), uniq.code()
     assert_ok(tls_otpd.send("sms", phone, code))
     assert tls_otpd.check("sms", phone, code) is True
