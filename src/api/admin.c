@@ -127,7 +127,10 @@ int admin_metrics(const struct api_ctx *ctx, const struct api_request *req, json
 	struct api_delivery_stats d = {0};
 	if (ctx->delivery_stats != NULL)
 		ctx->delivery_stats(ctx->delivery_stats_arg, &d);
-	char *text = api_metrics_render(ctx->metrics, ctx->delivery_stats ? &d : NULL);
+	struct store_outbox_backlog backlog;
+	bool store_up = store_outbox_backlog(ctx->store, &backlog) == 0;
+	char *text = api_metrics_render(ctx->metrics, ctx->delivery_stats ? &d : NULL,
+	                                store_up ? &backlog : NULL, ctx->now());
 	if (text == NULL) /* out of memory (main always keeps metrics) */
 		return otp_error_set(err, OTP_ERR_NOMEM, "", "", "out of memory");
 	resp->status = 200;

@@ -180,7 +180,8 @@ static void row_labels(const struct api_metrics *m, size_t r, const char **metho
 		api_route_at(r, method, route);
 }
 
-char *api_metrics_render(const struct api_metrics *m, const struct api_delivery_stats *delivery)
+char *api_metrics_render(const struct api_metrics *m, const struct api_delivery_stats *delivery,
+                         const struct store_outbox_backlog *backlog, int64_t now)
 {
 	struct m_buf b = {.cap = 16384};
 	if (m == NULL || (b.p = malloc(b.cap)) == NULL)
@@ -258,6 +259,22 @@ char *api_metrics_render(const struct api_metrics *m, const struct api_delivery_
 		family(&b, "otpd_outbox_store_errors_total", "counter",
 		       "Claims and outcome writes of the outbox that the store refused.");
 		out(&b, "otpd_outbox_store_errors_total %lld\n", delivery->store_errors);
+	}
+	family(&b, "otpd_store_up", "gauge",
+	       "1 when the store answered this scrape's backlog query, else 0.");
+	out(&b, "otpd_store_up %d\n", backlog != NULL);
+	if (backlog != NULL) {
+		family(&b, "otpd_outbox_jobs", "gauge",
+		       "Delivery jobs waiting (pending) or being delivered (sending), of every "
+		       "process on the store.");
+		out(&b, "otpd_outbox_jobs{state=\"pending\"} %lld\n", (long long)backlog->pending);
+		out(&b, "otpd_outbox_jobs{state=\"sending\"} %lld\n", (long long)backlog->sending);
+		family(&b, "otpd_outbox_oldest_due_seconds", "gauge",
+		       "How long the most overdue pending job has been due (0: none is due). "
+		       "Growing means delivery is stuck or slower than the sends.");
+		long long late = backlog->oldest_due > 0 && backlog->oldest_due < now
+		                 ? (long long)(now - backlog->oldest_due) : 0;
+		out(&b, "otpd_outbox_oldest_due_seconds %lld\n", late);
 	}
 	if (b.failed) {
 		free(b.p);

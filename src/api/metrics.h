@@ -1,8 +1,9 @@
 /*
  * metrics.h - the counters behind GET /metrics, rendered in the Prometheus text format
  * (version 0.0.4): HTTP requests per route and status with a latency histogram, sends
- * and checks per channel by outcome, and the outbox's delivery outcomes (read at scrape
- * time through struct api_ctx's delivery_stats callback).
+ * and checks per channel by outcome, the outbox's delivery outcomes (read at scrape
+ * time through struct api_ctx's delivery_stats callback), and the backlog of the shared
+ * outbox (read from the store at scrape time).
  *
  * Labels come only from fixed sets (the route table, the channels, HTTP statuses
  * 100..599), never from what a client sent, so a scan of random paths cannot grow the
@@ -15,8 +16,10 @@
 #define OTPD_API_METRICS_H
 
 #include <stdbool.h>
+#include <stdint.h>
 
 #include "core/otp.h"
+#include "store/store.h"
 
 struct api_metrics;
 
@@ -40,7 +43,9 @@ enum api_check_outcome { API_CHECK_TRUE, API_CHECK_FALSE, API_CHECK_FAILED };
 void api_metrics_check(struct api_metrics *m, enum otp_channel ch, enum api_check_outcome o);
 
 /* The whole exposition as a malloc'd string (caller frees), or NULL when out of memory.
- * `delivery` may be NULL (no outbox: DUMMY=true, or a test). */
-char *api_metrics_render(const struct api_metrics *m, const struct api_delivery_stats *delivery);
+ * `delivery` may be NULL (no outbox). `backlog` is what the store answered at `now`
+ * (unix seconds), or NULL when it did not answer: then otpd_store_up is 0. */
+char *api_metrics_render(const struct api_metrics *m, const struct api_delivery_stats *delivery,
+                         const struct store_outbox_backlog *backlog, int64_t now);
 
 #endif

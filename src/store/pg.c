@@ -97,6 +97,7 @@ enum pg_stmt {
 	PS_LIST,
 	PS_STATE_COUNTS,
 	PS_NEXT_DUE,
+	PS_BACKLOG,
 	PS_COUNT_
 };
 
@@ -245,6 +246,11 @@ static const struct pg_stmt_def pg_stmts[PS_COUNT_] = {
 		"SELECT state, count(*) FROM otpd_outbox GROUP BY state"},
 	[PS_NEXT_DUE] = {"otpd_next_due",
 		"SELECT min(next_at) FROM otpd_outbox WHERE state = 'pending'"},
+	/* every process's jobs: through the pending and sending partial indexes only */
+	[PS_BACKLOG] = {"otpd_backlog",
+		"SELECT (SELECT count(*) FROM otpd_outbox WHERE state = 'pending'), "
+		"(SELECT count(*) FROM otpd_outbox WHERE state = 'sending'), "
+		"(SELECT min(next_at) FROM otpd_outbox WHERE state = 'pending')"},
 };
 
 /* ---- the pool --------------------------------------------------------------------- */
@@ -1696,6 +1702,34 @@ static int pg_outbox_next_due(struct store *st, int64_t *next_at)
 	return rc;
 }
 
+static int pg_backlog_txn(struct pg_conn *c, void *arg)
+{
+	struct store_outbox_backlog *out = arg;
+	memset(out, 0, sizeof *out);
+	PGresult *r = pg_query(c, PS_BACKLOG, NULL);
+	if (r == NULL)
+		return OTP_ERR_STORE;
+	int rc = PQntuples(r) == 1 ? 0 : OTP_ERR_STORE;
+	if (rc == 0)
+		rc = pg_get_i64(r, 0, 0, &out->pending);
+	if (rc == 0)
+		rc = pg_get_i64(r, 0, 1, &out->sending);
+	if (rc == 0)
+		rc = pg_get_i64(r, 0, 2, &out->oldest_due); /* NULL (none) reads as 0 */
+	PQclear(r);
+	return rc;
+}
+
+static int pg_outbox_backlog(struct store *st, struct store_outbox_backlog *out)
+{
+	if (out == NULL)
+		return OTP_ERR_INVALID;
+	int rc = pg_run((struct pg_store *)st, PG_READ, pg_backlog_txn, out);
+	if (rc != 0)
+		memset(out, 0, sizeof *out);
+	return rc;
+}
+
 /* ---- ping, close ------------------------------------------------------------------ */
 
 static int pg_ping_txn(struct pg_conn *c, void *arg)
@@ -1754,6 +1788,7 @@ static const struct store_ops pg_ops = {
 	.outbox_list = pg_outbox_list,
 	.outbox_counts = pg_outbox_counts,
 	.outbox_next_due = pg_outbox_next_due,
+	.outbox_backlog = pg_outbox_backlog,
 };
 
 /* ---- open: wait, create, migrate -------------------------------------------------- */

@@ -95,6 +95,7 @@ enum stmt_id {
 	ST_LIST,
 	ST_COUNTS,
 	ST_NEXT_DUE,
+	ST_BACKLOG,
 	ST_COUNT
 };
 
@@ -186,6 +187,9 @@ static const char *const stmt_sql[ST_COUNT] = {
 		" ORDER BY id DESC LIMIT ?5",
 	[ST_COUNTS] = "SELECT state, count(*) FROM outbox GROUP BY state",
 	[ST_NEXT_DUE] = "SELECT min(next_at) FROM outbox WHERE state = 'pending'",
+	[ST_BACKLOG] = "SELECT (SELECT count(*) FROM outbox WHERE state = 'pending'), "
+	               "(SELECT count(*) FROM outbox WHERE state = 'sending'), "
+	               "(SELECT min(next_at) FROM outbox WHERE state = 'pending')",
 };
 
 /* One database connection and its statement cache. Used by one thread at a time. */
@@ -1409,6 +1413,31 @@ static int sq_outbox_counts(struct store *s, struct store_outbox_counts *out)
 	return rc;
 }
 
+static int sq_outbox_backlog(struct store *s, struct store_outbox_backlog *out)
+{
+	struct sqlite_store *ss = (struct sqlite_store *)s;
+	if (out == NULL)
+		return OTP_ERR_INVALID;
+	memset(out, 0, sizeof *out);
+	struct conn *c = reader_take(ss);
+	sqlite3_stmt *st = stmt(c, ST_BACKLOG);
+	int rc = OTP_ERR_STORE;
+	if (st != NULL) {
+		int b = sqlite3_step(st);
+		if (b == SQLITE_ROW) {
+			out->pending = sqlite3_column_int64(st, 0);
+			out->sending = sqlite3_column_int64(st, 1);
+			out->oldest_due = sqlite3_column_int64(st, 2); /* NULL (none) reads as 0 */
+			rc = 0;
+		} else {
+			rc = db_err(b);
+		}
+		stmt_done(st);
+	}
+	reader_give(ss, c);
+	return rc;
+}
+
 static int sq_outbox_next_due(struct store *s, int64_t *next_at)
 {
 	struct sqlite_store *ss = (struct sqlite_store *)s;
@@ -1487,6 +1516,7 @@ static const struct store_ops sqlite_ops = {
 	.outbox_list = sq_outbox_list,
 	.outbox_counts = sq_outbox_counts,
 	.outbox_next_due = sq_outbox_next_due,
+	.outbox_backlog = sq_outbox_backlog,
 };
 
 struct store *store_sqlite_open(const char *path, int pool, char *err, size_t cap)

@@ -125,6 +125,12 @@ struct store_job_filter {
 struct store_outbox_counts {
 	int64_t pending, sending, sent, dead, skipped;
 };
+
+/* What waits for delivery, read through the pending/sending indexes only (cheap). */
+struct store_outbox_backlog {
+	int64_t pending, sending;
+	int64_t oldest_due;                 /* smallest next_at of a pending job, 0: none */
+};
 /* Set the count of `state` (one of STORE_JOB_*; any other is ignored) to n. */
 void store_outbox_counts_set(struct store_outbox_counts *c, const char *state, int64_t n);
 
@@ -196,6 +202,8 @@ struct store_ops {
 	int (*outbox_counts)(struct store *s, struct store_outbox_counts *out);
 	/* Earliest next_at of a pending job (for the worker's sleep), or 0 when none. */
 	int (*outbox_next_due)(struct store *s, int64_t *next_at);
+	/* Pending and sending jobs of every process, and the oldest due time (/metrics). */
+	int (*outbox_backlog)(struct store *s, struct store_outbox_backlog *out);
 };
 
 /* The opaque handle: each backend embeds this first in its own struct. */
@@ -243,6 +251,8 @@ static inline int store_outbox_counts(struct store *s, struct store_outbox_count
 { return s->ops->outbox_counts(s, out); }
 static inline int store_outbox_next_due(struct store *s, int64_t *next_at)
 { return s->ops->outbox_next_due(s, next_at); }
+static inline int store_outbox_backlog(struct store *s, struct store_outbox_backlog *out)
+{ return s->ops->outbox_backlog(s, out); }
 
 /* ---- backends ----------------------------------------------------------------------- */
 

@@ -8,6 +8,7 @@ import time
 
 import requests
 
+from e2elib import fakes
 from otpdlib import assert_error, assert_ok
 
 SAMPLE = re.compile(
@@ -164,3 +165,34 @@ def test_dummy_counts_sends_and_no_deliveries(otpd_factory, uniq):
     got = scrape(o)
     assert value(got, "otpd_sends_total", channel="sms", result="accepted") == 1
     assert value(got, "otpd_outbox_deliveries_total", outcome="sent") == 0
+
+
+def test_the_outbox_backlog_and_how_overdue_it_is(otpd_factory, uniq):
+    """A Queue that holds each request 3 s and one delivery worker: one job is sending,
+    the others wait past their due time, and the gauges say so; then all drain."""
+    with fakes.FakeHTTP([{"delay": 3}]) as q:
+        o = otpd_factory(env={"OTP_QUEUE_URL": q.url, "OTPD_OUTBOX_WORKERS": 1},
+                         start=False)
+        o.env.pop("OTPD_PROVIDER", None)          # the queue provider, the default
+        o.start()
+        got = scrape(o)
+        assert value(got, "otpd_store_up") == 1
+        assert value(got, "otpd_outbox_jobs", state="pending") == 0
+        assert value(got, "otpd_outbox_oldest_due_seconds") == 0
+        assert_ok(o.send("sms", uniq.phone(), uniq.code()))
+        q.wait_for(1, timeout=10)                  # the worker holds the first job ...
+        for _ in range(2):                         # ... while two more become due
+            assert_ok(o.send("sms", uniq.phone(), uniq.code()))
+        time.sleep(2.0)
+        got = scrape(o)
+        assert value(got, "otpd_outbox_jobs", state="sending") == 1
+        assert value(got, "otpd_outbox_jobs", state="pending") == 2
+        assert value(got, "otpd_outbox_oldest_due_seconds") >= 1
+        deadline = time.monotonic() + 30
+        while value(got, "otpd_outbox_deliveries_total", outcome="sent") < 3:
+            assert time.monotonic() < deadline, "the backlog did not drain"
+            time.sleep(0.2)
+            got = scrape(o)
+        assert value(got, "otpd_outbox_jobs", state="pending") == 0
+        assert value(got, "otpd_outbox_jobs", state="sending") == 0
+        assert value(got, "otpd_outbox_oldest_due_seconds") == 0

@@ -1138,6 +1138,34 @@ static void test_outbox_next_due_earliest_pending(void **state)
 	assert_int_equal(due, T0 + 20);
 }
 
+static void test_outbox_backlog_counts_waiting_jobs(void **state)
+{
+	struct fx *f = *state;
+	struct store_outbox_backlog b = {.pending = 9, .sending = 9, .oldest_due = 9};
+	assert_int_equal(store_outbox_backlog(f->s, &b), 0);
+	assert_int_equal(b.pending, 0);
+	assert_int_equal(b.sending, 0);
+	assert_int_equal(b.oldest_due, 0);
+
+	send_ok(f->s, OTP_CH_SMS, "79000000001", "1", T0, NULL);
+	send_ok(f->s, OTP_CH_SMS, "79000000002", "2", T0 + 50, NULL);
+	send_ok(f->s, OTP_CH_SMS, "79000000003", "3", T0 + 60, NULL);
+	struct store_send_result res;
+	assert_int_equal(send_code(f->s, OTP_CH_SMS, "79000000004", "4", T0,
+	                           &(struct send_opts){.skip = true}, &res), 0);
+	int64_t id = claim_one(f->s, T0);          /* the T0 job: now sending */
+	assert_int_equal(store_outbox_backlog(f->s, &b), 0);
+	assert_int_equal(b.pending, 2);
+	assert_int_equal(b.sending, 1);
+	assert_int_equal(b.oldest_due, T0 + 50);   /* skipped jobs never wait */
+
+	assert_int_equal(store_outbox_sent(f->s, id, T0 + 1, "m1"), 0);
+	assert_int_equal(store_outbox_backlog(f->s, &b), 0);
+	assert_int_equal(b.pending, 2);
+	assert_int_equal(b.sending, 0);
+	assert_int_equal(store_outbox_backlog(f->s, NULL), OTP_ERR_INVALID);
+}
+
 /* ---- concurrency -------------------------------------------------------------------- */
 
 #define RACE_THREADS 8
@@ -1478,6 +1506,7 @@ int main(void)
 		T(test_outbox_long_error_is_cut_to_fit),
 		T(test_outbox_list_filters_and_pages),
 		T(test_outbox_next_due_earliest_pending),
+		T(test_outbox_backlog_counts_waiting_jobs),
 		T(test_concurrent_sends_respect_rate),
 		T(test_concurrent_sends_from_two_handles_respect_rate),
 		T(test_concurrent_wrong_checks_all_count),
