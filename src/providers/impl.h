@@ -13,6 +13,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <jansson.h>
+
 #include "providers/http.h"
 #include "providers/provider.h"
 
@@ -66,6 +68,16 @@ void provider_copy_detail(char *out, size_t cap, const char *detail);
  * (resp->status != 0), so the caller can refine the error from its body.
  */
 int provider_http_send(const struct config *cfg, const struct provider_http_req *req,
+                       struct provider_http_resp *resp, struct provider_result *r);
+
+/*
+ * provider_http_send of a JSON document: `doc` (owned: always released) is encoded with
+ * PROVIDER_JSON_FLAGS as the body of req (whose body and content_type are set here), and
+ * the encoded bytes, which hold the code, are wiped after the send. A NULL doc (it could
+ * not be built) fails as OTP_ERR_PERMANENT, an encoding out of memory as OTP_ERR_NOMEM
+ * (both with resp->status 0).
+ */
+int provider_post_json(const struct config *cfg, struct provider_http_req *req, json_t *doc,
                        struct provider_http_resp *resp, struct provider_result *r);
 
 /* Parse a chat id (decimal, may be negative) as Telegram wants it. 0 or OTP_ERR_INVALID. */

@@ -157,6 +157,28 @@ int provider_http_send(const struct config *cfg, const struct provider_http_req 
 	return rc;
 }
 
+int provider_post_json(const struct config *cfg, struct provider_http_req *req, json_t *doc,
+                       struct provider_http_resp *resp, struct provider_result *r)
+{
+	resp->status = 0;
+	if (doc == NULL)
+		return provider_fail(r, OTP_ERR_PERMANENT, "message cannot be encoded as JSON");
+	/* jansson checked every string when it was made: dumping fails only for memory */
+	char *body = json_dumps(doc, PROVIDER_JSON_FLAGS);
+	json_decref(doc);
+	if (body == NULL)
+		return provider_fail(r, OTP_ERR_NOMEM, "out of memory");
+	req->content_type = "application/json";
+	req->body = body;
+	req->body_len = strlen(body);
+	int rc = provider_http_send(cfg, req, resp, r);
+	sodium_memzero(body, req->body_len);
+	free(body);
+	req->body = NULL;
+	req->body_len = 0;
+	return rc;
+}
+
 int provider_parse_chat_id(const char *target, int64_t *out)
 {
 	if (target == NULL)

@@ -149,7 +149,6 @@ static int queue_send(struct provider *p, const struct otp_message *m, int64_t j
 {
 	const struct queue_provider *qp = (const struct queue_provider *)p;
 	struct provider_http_resp resp;
-	char *body = NULL;
 	int rc;
 	(void)job_id; /* the Queue takes no idempotency key */
 
@@ -160,20 +159,11 @@ static int queue_send(struct provider *p, const struct otp_message *m, int64_t j
 	json_t *task = queue_task(qp->cfg, m, r);
 	if (task == NULL)
 		return OTP_ERR_PERMANENT;
-	body = json_dumps(task, PROVIDER_JSON_FLAGS);
-	json_decref(task);
-	if (body == NULL)
-		return provider_fail(r, OTP_ERR_NOMEM, "out of memory");
-
 	struct provider_http_req req = {
 		.cancel = &p->cancelled,
 		.url = qp->task_url,
-		.content_type = "application/json",
-		.body = body,
-		.body_len = strlen(body),
 	};
-	rc = provider_http_send(qp->cfg, &req, &resp, r);
-	otp_secret_free(body); /* it holds the code */
+	rc = provider_post_json(qp->cfg, &req, task, &resp, r);
 	provider_result_scrub(r, m->code, qp->cfg->telegram_app_token);
 	return rc;
 }

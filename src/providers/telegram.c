@@ -43,25 +43,14 @@ static int telegram_send(struct provider *p, const struct otp_message *m, int64_
 		return provider_fail(r, OTP_ERR_PERMANENT, "message without text");
 
 	json_t *o = json_pack("{s:I, s:s}", "to", (json_int_t)chat, "message", text);
-	if (o == NULL)
-		return provider_fail(r, OTP_ERR_PERMANENT, "message cannot be encoded as JSON");
-	char *body = json_dumps(o, PROVIDER_JSON_FLAGS);
-	json_decref(o);
-	if (body == NULL)
-		return provider_fail(r, OTP_ERR_NOMEM, "out of memory");
-
 	const char *headers[] = {tp->auth_header, NULL};
 	struct provider_http_req req = {
 		.cancel = &p->cancelled,
 		.url = tp->msg_url,
-		.content_type = "application/json",
-		.body = body,
-		.body_len = strlen(body),
 		.headers = headers,
 		.redact = tp->cfg->telegram_app_token,
 	};
-	int rc = provider_http_send(tp->cfg, &req, &resp, r);
-	otp_secret_free(body);
+	int rc = provider_post_json(tp->cfg, &req, o, &resp, r);
 	if (rc != 0 && resp.status == 500 &&
 	    strncmp(resp.body, TELEGRAM_SENT_QUIRK, strlen(TELEGRAM_SENT_QUIRK)) == 0) {
 		r->error[0] = '\0';

@@ -43,23 +43,12 @@ static int bot_send(struct provider *p, const struct otp_message *m, int64_t job
 		return provider_fail(r, OTP_ERR_PERMANENT, "message without text");
 
 	json_t *o = json_pack("{s:I, s:s}", "chat_id", (json_int_t)chat, "text", text);
-	if (o == NULL)
-		return provider_fail(r, OTP_ERR_PERMANENT, "message cannot be encoded as JSON");
-	char *body = json_dumps(o, PROVIDER_JSON_FLAGS);
-	json_decref(o);
-	if (body == NULL)
-		return provider_fail(r, OTP_ERR_NOMEM, "out of memory");
-
 	struct provider_http_req req = {
 		.cancel = &p->cancelled,
 		.url = bp->send_url,
-		.content_type = "application/json",
-		.body = body,
-		.body_len = strlen(body),
 		.redact = token,
 	};
-	int rc = provider_http_send(bp->cfg, &req, &resp, r);
-	otp_secret_free(body);
+	int rc = provider_post_json(bp->cfg, &req, o, &resp, r);
 	if (resp.status == 0)
 		goto out; /* no answer: r->error says why */
 

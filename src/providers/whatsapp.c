@@ -67,26 +67,14 @@ static int whatsapp_send(struct provider *p, const struct otp_message *m, int64_
 		                     otp_channel_name(m->channel));
 	if (m->target == NULL || m->code == NULL)
 		return provider_fail(r, OTP_ERR_PERMANENT, "message without target or code");
-	json_t *o = template_body(wp->cfg, m);
-	if (o == NULL)
-		return provider_fail(r, OTP_ERR_PERMANENT, "message cannot be encoded as JSON");
-	char *body = json_dumps(o, PROVIDER_JSON_FLAGS);
-	json_decref(o);
-	if (body == NULL)
-		return provider_fail(r, OTP_ERR_NOMEM, "out of memory");
-
 	const char *headers[] = {wp->auth_header, NULL};
 	struct provider_http_req req = {
 		.cancel = &p->cancelled,
 		.url = wp->url,
-		.content_type = "application/json",
-		.body = body,
-		.body_len = strlen(body),
 		.headers = headers,
 		.redact = wp->cfg->whatsapp_token,
 	};
-	int rc = provider_http_send(wp->cfg, &req, &resp, r);
-	otp_secret_free(body);
+	int rc = provider_post_json(wp->cfg, &req, template_body(wp->cfg, m), &resp, r);
 	if (resp.status == 0)
 		goto out;
 	json_t *ans = json_loadb(resp.body, resp.len, 0, NULL);
