@@ -1680,15 +1680,32 @@ static int pg_outbox_counts(struct store *st, struct store_outbox_counts *out)
 	return rc;
 }
 
-static int pg_next_due_txn(struct pg_conn *c, void *arg)
+struct pg_row_i64 {
+	enum pg_stmt st;
+	int64_t *v;
+	int n;
+};
+
+static int pg_row_i64_txn(struct pg_conn *c, void *arg)
 {
-	int64_t *next_at = arg;
-	*next_at = 0;
-	PGresult *r = pg_query(c, PS_NEXT_DUE, NULL);
+	struct pg_row_i64 *x = arg;
+	PGresult *r = pg_query(c, x->st, NULL);
 	if (r == NULL)
 		return OTP_ERR_STORE;
-	int rc = PQntuples(r) == 1 ? pg_get_i64(r, 0, 0, next_at) : OTP_ERR_STORE;
+	int rc = PQntuples(r) == 1 && PQnfields(r) == x->n ? 0 : OTP_ERR_STORE;
+	for (int i = 0; i < x->n && rc == 0; i++)
+		rc = pg_get_i64(r, 0, i, &x->v[i]); /* SQL NULL reads as 0 */
 	PQclear(r);
+	return rc;
+}
+
+/* The n bigint columns of the one row statement st answers; all 0 on failure. */
+static int pg_read_row_i64(struct store *st, enum pg_stmt stmt, int64_t *v, int n)
+{
+	struct pg_row_i64 x = {.st = stmt, .v = v, .n = n};
+	int rc = pg_run((struct pg_store *)st, PG_READ, pg_row_i64_txn, &x);
+	if (rc != 0)
+		memset(v, 0, sizeof *v * (size_t)n);
 	return rc;
 }
 
@@ -1696,37 +1713,16 @@ static int pg_outbox_next_due(struct store *st, int64_t *next_at)
 {
 	if (next_at == NULL)
 		return OTP_ERR_INVALID;
-	int rc = pg_run((struct pg_store *)st, PG_READ, pg_next_due_txn, next_at);
-	if (rc != 0)
-		*next_at = 0;
-	return rc;
-}
-
-static int pg_backlog_txn(struct pg_conn *c, void *arg)
-{
-	struct store_outbox_backlog *out = arg;
-	memset(out, 0, sizeof *out);
-	PGresult *r = pg_query(c, PS_BACKLOG, NULL);
-	if (r == NULL)
-		return OTP_ERR_STORE;
-	int rc = PQntuples(r) == 1 ? 0 : OTP_ERR_STORE;
-	if (rc == 0)
-		rc = pg_get_i64(r, 0, 0, &out->pending);
-	if (rc == 0)
-		rc = pg_get_i64(r, 0, 1, &out->sending);
-	if (rc == 0)
-		rc = pg_get_i64(r, 0, 2, &out->oldest_due); /* NULL (none) reads as 0 */
-	PQclear(r);
-	return rc;
+	return pg_read_row_i64(st, PS_NEXT_DUE, next_at, 1);
 }
 
 static int pg_outbox_backlog(struct store *st, struct store_outbox_backlog *out)
 {
 	if (out == NULL)
 		return OTP_ERR_INVALID;
-	int rc = pg_run((struct pg_store *)st, PG_READ, pg_backlog_txn, out);
-	if (rc != 0)
-		memset(out, 0, sizeof *out);
+	int64_t v[3];
+	int rc = pg_read_row_i64(st, PS_BACKLOG, v, 3);
+	*out = (struct store_outbox_backlog){.pending = v[0], .sending = v[1], .oldest_due = v[2]};
 	return rc;
 }
 

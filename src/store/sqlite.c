@@ -1413,21 +1413,19 @@ static int sq_outbox_counts(struct store *s, struct store_outbox_counts *out)
 	return rc;
 }
 
-static int sq_outbox_backlog(struct store *s, struct store_outbox_backlog *out)
+/* The n integer columns of the one row statement id answers, on a reader (SQL NULL
+ * reads as 0); all 0 on failure. */
+static int read_row_i64(struct sqlite_store *ss, enum stmt_id id, int64_t *v, int n)
 {
-	struct sqlite_store *ss = (struct sqlite_store *)s;
-	if (out == NULL)
-		return OTP_ERR_INVALID;
-	memset(out, 0, sizeof *out);
+	memset(v, 0, sizeof *v * (size_t)n);
 	struct conn *c = reader_take(ss);
-	sqlite3_stmt *st = stmt(c, ST_BACKLOG);
+	sqlite3_stmt *st = stmt(c, id);
 	int rc = OTP_ERR_STORE;
 	if (st != NULL) {
 		int b = sqlite3_step(st);
 		if (b == SQLITE_ROW) {
-			out->pending = sqlite3_column_int64(st, 0);
-			out->sending = sqlite3_column_int64(st, 1);
-			out->oldest_due = sqlite3_column_int64(st, 2); /* NULL (none) reads as 0 */
+			for (int i = 0; i < n; i++)
+				v[i] = sqlite3_column_int64(st, i);
 			rc = 0;
 		} else {
 			rc = db_err(b);
@@ -1438,27 +1436,21 @@ static int sq_outbox_backlog(struct store *s, struct store_outbox_backlog *out)
 	return rc;
 }
 
+static int sq_outbox_backlog(struct store *s, struct store_outbox_backlog *out)
+{
+	if (out == NULL)
+		return OTP_ERR_INVALID;
+	int64_t v[3];
+	int rc = read_row_i64((struct sqlite_store *)s, ST_BACKLOG, v, 3);
+	*out = (struct store_outbox_backlog){.pending = v[0], .sending = v[1], .oldest_due = v[2]};
+	return rc;
+}
+
 static int sq_outbox_next_due(struct store *s, int64_t *next_at)
 {
-	struct sqlite_store *ss = (struct sqlite_store *)s;
 	if (next_at == NULL)
 		return OTP_ERR_INVALID;
-	*next_at = 0;
-	struct conn *c = reader_take(ss);
-	sqlite3_stmt *st = stmt(c, ST_NEXT_DUE);
-	int rc = OTP_ERR_STORE;
-	if (st != NULL) {
-		int b = sqlite3_step(st);
-		if (b == SQLITE_ROW) {
-			*next_at = sqlite3_column_int64(st, 0); /* NULL (none) reads as 0 */
-			rc = 0;
-		} else {
-			rc = db_err(b);
-		}
-		stmt_done(st);
-	}
-	reader_give(ss, c);
-	return rc;
+	return read_row_i64((struct sqlite_store *)s, ST_NEXT_DUE, next_at, 1);
 }
 
 /* ---- lifecycle ---------------------------------------------------------------------- */
