@@ -42,6 +42,7 @@ struct api_response {
 	char *text;                   /* owned: a body that is not JSON (then body is NULL) */
 	const char *content_type;     /* of text: static string */
 	const char *allow;            /* Allow header for 405, static string or NULL */
+	int route;                    /* the route that answered (routes.h), -1: none */
 	bool basic_challenge;         /* 401 of Basic auth: add WWW-Authenticate */
 };
 

@@ -96,13 +96,12 @@ static unsigned long long get(const atomic_ullong *a)
 	return atomic_load_explicit((atomic_ullong *)a, memory_order_relaxed);
 }
 
-void api_metrics_request(struct api_metrics *m, const char *method, const char *path,
-                         int status, double seconds)
+void api_metrics_request(struct api_metrics *m, int route, int status, double seconds)
 {
 	if (m == NULL)
 		return;
-	int r = api_route_find(method, path);
-	struct m_route *row = &m->rows[r < 0 ? m->n_rows - 1 : (size_t)r];
+	struct m_route *row = &m->rows[route < 0 || (size_t)route + 1 >= m->n_rows
+	                                   ? m->n_rows - 1 : (size_t)route];
 	if (status >= M_STATUS_MIN && status < M_STATUS_MIN + M_STATUS_N)
 		add(&row->status[status - M_STATUS_MIN], 1);
 	if (seconds < 0)

@@ -32,9 +32,9 @@ struct api_delivery_stats {
 struct api_metrics *api_metrics_new(const char *version, const char *store, double start_time);
 void api_metrics_free(struct api_metrics *m);
 
-/* One answered request (any m may be NULL: nothing is counted). */
-void api_metrics_request(struct api_metrics *m, const char *method, const char *path,
-                         int status, double seconds);
+/* One answered request of route `route` (api_route_find; -1: none). m may be NULL:
+ * nothing is counted. */
+void api_metrics_request(struct api_metrics *m, int route, int status, double seconds);
 
 enum api_send_outcome { API_SEND_ACCEPTED, API_SEND_LIMITED, API_SEND_INVALID, API_SEND_FAILED };
 void api_metrics_send(struct api_metrics *m, enum otp_channel ch, enum api_send_outcome o);

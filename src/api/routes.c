@@ -135,9 +135,9 @@ void api_handle(const struct api_ctx *ctx, const struct api_request *req,
 	resp->text = NULL;
 	resp->content_type = NULL;
 	resp->allow = NULL;
-	int found = api_route_find(req->method, req->path);
-	if (found >= 0)
-		r = &routes[found];
+	resp->route = api_route_find(req->method, req->path);
+	if (resp->route >= 0)
+		r = &routes[resp->route];
 	if (r == NULL) {
 		const char *allow = allowed(req->path);
 		if (allow != NULL) {

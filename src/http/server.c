@@ -31,6 +31,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "api/routes.h"
 #include "core/num.h"
 #include "log.h"
 
@@ -131,7 +132,7 @@ static enum MHD_Result send_response(struct http_server *s, struct MHD_Connectio
 	enum MHD_Result ret = MHD_queue_response(con, (unsigned)r->status, resp);
 	MHD_destroy_response(resp);
 	double took_ms = elapsed_ms(&c->start);
-	api_metrics_request(s->api->metrics, method, url, r->status, took_ms / 1000.0);
+	api_metrics_request(s->api->metrics, r->route, r->status, took_ms / 1000.0);
 	if (log_enabled(LOG_INFO)) {
 		char status[8], ms[24];
 		snprintf(status, sizeof status, "%d", r->status);
@@ -151,6 +152,7 @@ static enum MHD_Result send_error(struct http_server *s, struct MHD_Connection *
 	struct api_response r = {0};
 	otp_error_set(&e, code, status_code, "", "%s", message);
 	api_error_response(&e, &r);
+	r.route = api_route_find(method, url); /* answered here, before api_handle */
 	r.basic_challenge = code == OTP_ERR_AUTH;
 	enum MHD_Result ret = send_response(s, con, c, method, url, &r);
 	api_response_fini(&r);
