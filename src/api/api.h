@@ -24,17 +24,26 @@ struct api_kv {
 };
 
 #define API_QUERY_MAX 64
+#define API_HEADERS_MAX 64    /* more header lines than this: 431 */
 
+/* One request as http/ hands it over. Every pointer is owned by http/ and valid for the
+ * duration of api_handle(). */
 struct api_request {
-	const char *method;
-	const char *path;
+	const char *method;           /* any token the client sent: GET, HEAD, PUT, PATCH... */
+	const char *path;             /* percent-decoded path, without the query */
 	const char *request_id;
 	const struct api_kv *query;   /* URL-decoded query arguments, in order */
 	size_t n_query;
+	const struct api_kv *headers; /* request headers, names as sent, in order */
+	size_t n_headers;
+	const char *content_type;     /* Content-Type header, or NULL */
+	const char *client_ip;        /* the peer's address as text ("" when unknown) */
 	const char *body;             /* may be NULL; not NUL-terminated */
 	size_t body_len;
-	const char *telegram_secret;  /* X-Telegram-Bot-Api-Secret-Token, or NULL */
 };
+
+/* The value of the first header called `name` (compared case-insensitively), or NULL. */
+const char *api_header(const struct api_request *req, const char *name);
 
 struct api_response {
 	int status;                   /* HTTP status */
@@ -67,10 +76,11 @@ struct api_ctx {
 void api_handle(const struct api_ctx *ctx, const struct api_request *req,
                 struct api_response *resp);
 
-enum api_auth { API_AUTH_NONE, API_AUTH_BASIC, API_AUTH_WEBHOOK };
-/* Which authentication a path needs: none for /health and /ready, the webhook's own
- * secret for /telegram/webhook when it is configured, else Basic (when configured). */
-enum api_auth api_auth_for(const struct api_ctx *ctx, const char *path);
+/* Answer a request that http/ refuses itself (413 before the body is read, a bad query
+ * string...) in the shape of the dialect whose route (method, path) names, or the
+ * generic JSON shape when none does. Fills resp (never fails). */
+void api_refuse(const struct api_ctx *ctx, const char *method, const char *path,
+                const struct otp_error *e, struct api_response *resp);
 
 /* The JSON error answer {"status":false,"status_code":...,"message":...} for e,
  * with the HTTP status that fits e->code. */

@@ -4,11 +4,15 @@
  * every handler error turned into its JSON answer here. Adding an endpoint = one row.
  */
 #include <sodium.h>
+#include <stdio.h>
 #include <string.h>
+#include <strings.h>
 
 #include "api/handlers.h"
 #include "api/params.h"
 #include "api/routes.h"
+
+enum api_auth { API_AUTH_NONE, API_AUTH_BASIC, API_AUTH_WEBHOOK };
 
 struct route {
 	const char *method;
@@ -78,7 +82,18 @@ void api_route_at(size_t i, const char **method, const char **path)
 	*path = routes[i].path;
 }
 
-enum api_auth api_auth_for(const struct api_ctx *ctx, const char *path)
+const char *api_header(const struct api_request *req, const char *name)
+{
+	for (size_t i = 0; i < req->n_headers; i++)
+		if (strcasecmp(req->headers[i].key, name) == 0)
+			return req->headers[i].value;
+	return NULL;
+}
+
+/* Which authentication a path needs: none for /health and /ready, the webhook's own
+ * secret for /telegram/webhook when it is configured, else Basic (when configured). An
+ * unknown path needs Basic too, so a scanner learns nothing without credentials. */
+static enum api_auth auth_for(const struct api_ctx *ctx, const char *path)
 {
 	for (size_t i = 0; i < N_ROUTES; i++) {
 		if (strcmp(routes[i].path, path) != 0)
@@ -88,6 +103,42 @@ enum api_auth api_auth_for(const struct api_ctx *ctx, const char *path)
 		return routes[i].auth;
 	}
 	return API_AUTH_BASIC;
+}
+
+/* Equal secrets, compared as BLAKE2b digests so neither their contents nor their
+ * lengths leak through timing. */
+static bool secret_equal(const uint8_t *a, size_t a_len, const uint8_t *b, size_t b_len)
+{
+	uint8_t da[32], db[32];
+	crypto_generichash(da, sizeof da, a, a_len, NULL, 0);
+	crypto_generichash(db, sizeof db, b, b_len, NULL, 0);
+	bool eq = sodium_memcmp(da, db, sizeof da) == 0;
+	sodium_memzero(da, sizeof da);
+	sodium_memzero(db, sizeof db);
+	return eq;
+}
+
+/* HTTP Basic credentials equal to HTTP_AUTH_USERNAME:HTTP_AUTH_PASSWORD. */
+static bool basic_auth_ok(const struct api_ctx *ctx, const struct api_request *req)
+{
+	const char *h = api_header(req, "Authorization");
+	if (h == NULL || strncasecmp(h, "Basic ", 6) != 0)
+		return false;
+	const char *b64 = h + 6;
+	while (*b64 == ' ')
+		b64++;
+	uint8_t plain[1024], want[600];
+	size_t plain_len = 0;
+	if (sodium_base642bin(plain, sizeof plain, b64, strlen(b64), NULL, &plain_len, NULL,
+	                      sodium_base64_VARIANT_ORIGINAL) != 0)
+		return false;
+	int n = snprintf((char *)want, sizeof want, "%s:%s", ctx->cfg->http_auth_username,
+	                 ctx->cfg->http_auth_password);
+	bool ok = n > 0 && (size_t)n < sizeof want &&
+	          secret_equal(plain, plain_len, want, (size_t)n);
+	sodium_memzero(plain, sizeof plain);
+	sodium_memzero(want, sizeof want);
+	return ok;
 }
 
 /* The methods a path answers, for 405's Allow header. */
@@ -112,14 +163,23 @@ static const char *allowed(const char *path)
 static bool webhook_secret_ok(const struct api_ctx *ctx, const struct api_request *req)
 {
 	const char *want = ctx->cfg->telegram_webhook_secret;
-	const char *got = req->telegram_secret;
-	if (got == NULL)
-		return false;
-	/* Compare digests so neither the contents nor the length leak through timing. */
-	uint8_t a[32], b[32];
-	crypto_generichash(a, sizeof a, (const uint8_t *)want, strlen(want), NULL, 0);
-	crypto_generichash(b, sizeof b, (const uint8_t *)got, strlen(got), NULL, 0);
-	return sodium_memcmp(a, b, sizeof a) == 0;
+	const char *got = api_header(req, "X-Telegram-Bot-Api-Secret-Token");
+	return got != NULL && secret_equal((const uint8_t *)want, strlen(want),
+	                                   (const uint8_t *)got, strlen(got));
+}
+
+void api_refuse(const struct api_ctx *ctx, const char *method, const char *path,
+                const struct otp_error *e, struct api_response *resp)
+{
+	(void)ctx;
+	memset(resp, 0, sizeof *resp);
+	api_error_response(e, resp);
+	resp->route = api_route_find(method, path);
+}
+
+static bool basic_configured(const struct api_ctx *ctx)
+{
+	return ctx->cfg->http_auth_username != NULL && ctx->cfg->http_auth_password != NULL;
 }
 
 void api_handle(const struct api_ctx *ctx, const struct api_request *req,
@@ -138,6 +198,13 @@ void api_handle(const struct api_ctx *ctx, const struct api_request *req,
 	resp->route = api_route_find(req->method, req->path);
 	if (resp->route >= 0)
 		r = &routes[resp->route];
+	if (basic_configured(ctx) && auth_for(ctx, req->path) == API_AUTH_BASIC &&
+	    !basic_auth_ok(ctx, req)) {
+		rc = otp_error_set(&err, OTP_ERR_AUTH, "unauthorized", "", "authentication required");
+		api_error_response(&err, resp);
+		resp->basic_challenge = true;
+		return;
+	}
 	if (r == NULL) {
 		const char *allow = allowed(req->path);
 		if (allow != NULL) {
@@ -149,7 +216,8 @@ void api_handle(const struct api_ctx *ctx, const struct api_request *req,
 		}
 		goto fail;
 	}
-	if (api_auth_for(ctx, req->path) == API_AUTH_WEBHOOK && !webhook_secret_ok(ctx, req)) {
+	enum api_auth auth = auth_for(ctx, req->path);
+	if (auth == API_AUTH_WEBHOOK && !webhook_secret_ok(ctx, req)) {
 		rc = otp_error_set(&err, OTP_ERR_AUTH, "unauthorized", "",
 		                   "missing or wrong X-Telegram-Bot-Api-Secret-Token");
 		goto fail;

@@ -50,6 +50,7 @@ const char *otp_err_name(int code)
 	case OTP_ERR_PROVIDER: return "provider";
 	case OTP_ERR_PERMANENT: return "permanent";
 	case OTP_ERR_CONFLICT: return "conflict";
+	case OTP_ERR_HEADERS: return "headers";
 	}
 	return "unknown";
 }

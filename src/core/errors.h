@@ -22,6 +22,7 @@ enum otp_err {
 	OTP_ERR_PROVIDER = -11,   /* a delivery provider failed (retryable) */
 	OTP_ERR_PERMANENT = -12,  /* a delivery provider refused for good (not retryable) */
 	OTP_ERR_CONFLICT = -13,   /* 409 */
+	OTP_ERR_HEADERS = -14,    /* too many or too large request headers: 431 */
 };
 
 /*

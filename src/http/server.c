@@ -40,8 +40,6 @@ struct http_server {
 	const struct config *cfg;
 	const struct api_ctx *api;
 	atomic_int in_flight;
-	uint8_t auth_digest[32];  /* BLAKE2b of "user:password"; compared in constant time */
-	bool auth;
 	int quiesced_fd;          /* listen socket taken back by a drain; closed at stop */
 };
 
@@ -50,8 +48,12 @@ struct conn {
 	size_t len, cap;
 	bool too_large;
 	bool too_many_args;
+	bool too_many_headers;
 	struct api_kv query[API_QUERY_MAX];
 	size_t n_query;
+	struct api_kv headers[API_HEADERS_MAX];
+	size_t n_headers;
+	char client_ip[INET6_ADDRSTRLEN];
 	struct timespec start;
 	char request_id[40];
 };
@@ -151,31 +153,42 @@ static enum MHD_Result send_error(struct http_server *s, struct MHD_Connection *
 	struct otp_error e = {0};
 	struct api_response r = {0};
 	otp_error_set(&e, code, status_code, "", "%s", message);
-	api_error_response(&e, &r);
-	r.route = api_route_find(method, url); /* answered here, before api_handle */
-	r.basic_challenge = code == OTP_ERR_AUTH;
+	api_refuse(s->api, method, url, &e, &r); /* answered here, before api_handle */
 	enum MHD_Result ret = send_response(s, con, c, method, url, &r);
 	api_response_fini(&r);
 	return ret;
 }
 
-static bool basic_auth_ok(struct http_server *s, struct MHD_Connection *con)
+static enum MHD_Result collect_header(void *cls, enum MHD_ValueKind kind, const char *key,
+                                      const char *value)
 {
-	const char *h = MHD_lookup_connection_value(con, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
-	if (h == NULL || strncasecmp(h, "Basic ", 6) != 0)
-		return false;
-	const char *b64 = h + 6;
-	while (*b64 == ' ')
-		b64++;
-	uint8_t plain[1024];
-	size_t plain_len = 0;
-	if (sodium_base642bin(plain, sizeof plain, b64, strlen(b64), NULL, &plain_len, NULL,
-	                      sodium_base64_VARIANT_ORIGINAL) != 0)
-		return false;
-	uint8_t digest[32];
-	crypto_generichash(digest, sizeof digest, plain, plain_len, NULL, 0);
-	sodium_memzero(plain, sizeof plain);
-	return sodium_memcmp(digest, s->auth_digest, sizeof digest) == 0;
+	(void)kind;
+	struct conn *c = cls;
+	if (c->n_headers >= API_HEADERS_MAX) {
+		c->too_many_headers = true;
+		return MHD_NO;
+	}
+	c->headers[c->n_headers].key = key;
+	c->headers[c->n_headers].value = value ? value : "";
+	c->n_headers++;
+	return MHD_YES;
+}
+
+/* The peer's address as text, into c->client_ip ("" when unknown). */
+static void set_client_ip(struct conn *c, struct MHD_Connection *con)
+{
+	const union MHD_ConnectionInfo *ci =
+		MHD_get_connection_info(con, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+	c->client_ip[0] = '\0';
+	if (ci == NULL || ci->client_addr == NULL)
+		return;
+	const struct sockaddr *sa = ci->client_addr;
+	if (sa->sa_family == AF_INET)
+		inet_ntop(AF_INET, &((const struct sockaddr_in *)(const void *)sa)->sin_addr,
+		          c->client_ip, sizeof c->client_ip);
+	else if (sa->sa_family == AF_INET6)
+		inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr,
+		          c->client_ip, sizeof c->client_ip);
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *con, const char *url,
@@ -234,13 +247,15 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *con, const c
 	if (c->too_large)
 		return send_error(s, con, c, method, url, OTP_ERR_TOO_LARGE, "too_large",
 		                  "the request body is larger than OTPD_MAX_BODY_BYTES");
-	if (s->auth && api_auth_for(s->api, url) == API_AUTH_BASIC && !basic_auth_ok(s, con))
-		return send_error(s, con, c, method, url, OTP_ERR_AUTH, "unauthorized",
-		                  "authentication required");
 	MHD_get_connection_values(con, MHD_GET_ARGUMENT_KIND, collect_arg, c);
 	if (c->too_many_args)
 		return send_error(s, con, c, method, url, OTP_ERR_INVALID, "invalid_parameter",
 		                  "too many query parameters");
+	MHD_get_connection_values(con, MHD_HEADER_KIND, collect_header, c);
+	if (c->too_many_headers)
+		return send_error(s, con, c, method, url, OTP_ERR_HEADERS, "too_many_headers",
+		                  "too many request header fields");
+	set_client_ip(c, con);
 
 	struct api_request req = {
 		.method = method,
@@ -248,10 +263,13 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *con, const c
 		.request_id = c->request_id,
 		.query = c->query,
 		.n_query = c->n_query,
+		.headers = c->headers,
+		.n_headers = c->n_headers,
+		.content_type = MHD_lookup_connection_value(con, MHD_HEADER_KIND,
+		                                            MHD_HTTP_HEADER_CONTENT_TYPE),
+		.client_ip = c->client_ip,
 		.body = c->body,
 		.body_len = c->len,
-		.telegram_secret = MHD_lookup_connection_value(con, MHD_HEADER_KIND,
-		                                               "X-Telegram-Bot-Api-Secret-Token"),
 	};
 	struct api_response resp = {0};
 	api_handle(s->api, &req, &resp);
@@ -393,14 +411,6 @@ struct http_server *http_server_start(const struct config *cfg, const struct api
 	s->api = api;
 	atomic_init(&s->in_flight, 0);
 	s->quiesced_fd = -1;
-	if (cfg->http_auth_username != NULL && cfg->http_auth_password != NULL) {
-		char up[600];
-		int n = snprintf(up, sizeof up, "%s:%s", cfg->http_auth_username, cfg->http_auth_password);
-		crypto_generichash(s->auth_digest, sizeof s->auth_digest, (const uint8_t *)up,
-		                   (size_t)n, NULL, 0);
-		sodium_memzero(up, sizeof up);
-		s->auth = true;
-	}
 	unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL | MHD_USE_ITC |
 	                 MHD_USE_ERROR_LOG;
 	if (ai->ai_family == AF_INET6)
@@ -468,6 +478,5 @@ void http_server_stop(struct http_server *s)
 		MHD_stop_daemon(s->daemon);
 	if (s->quiesced_fd >= 0)
 		close(s->quiesced_fd);
-	sodium_memzero(s->auth_digest, sizeof s->auth_digest);
 	free(s);
 }
