@@ -54,7 +54,7 @@ static const struct var vars[] = {
 	{"OTPD_SQLITE_POOL", V_INT, F(sqlite_pool), 1, 64, "4", false, NULL,
 	 "SQLite connections"},
 	{"OTPD_MAX_CHECK_ATTEMPTS", V_INT, F(max_check_attempts), 0, 1000, "5", false, NULL,
-	 "wrong checks per (channel, target) before every live code is void; 0 = unlimited"},
+	 "compat dialect: wrong checks a code takes before it is void; 0 = unlimited"},
 	{"OTPD_CHECK_CONSUMES", V_BOOL, F(check_consumes), 0, 0, "false", false, NULL,
 	 "a successful check uses the code up (the old service kept it valid)"},
 	{"OTPD_PASSWORD_READBACK", V_BOOL, F(password_readback), 0, 0, "false", false, NULL,
@@ -70,6 +70,9 @@ static const struct var vars[] = {
 	 "with HTTP_AUTH_PASSWORD: HTTP Basic auth on every endpoint but /health and /ready"},
 	{"HTTP_AUTH_PASSWORD", V_STR, F(http_auth_password), 0, 256, NULL, true, NULL,
 	 "password for HTTP Basic auth"},
+	{"OTPD_ADMIN_TOKEN", V_STR, F(admin_token), 0, 256, NULL, true, NULL,
+	 "a secret of at least 32 characters: as a Bearer token it opens /admin/apps and "
+	 "/admin/keys (to make the first keys where nobody can run otpd key create)"},
 	/* PostgreSQL */
 	{"PG_HOST", V_STR, F(pg_host), 0, 255, NULL, false, NULL,
 	 "PostgreSQL host (or pooler); when set otpd uses PostgreSQL instead of SQLite"},
@@ -401,6 +404,9 @@ int config_load(config_getenv_fn get, void *ctx, struct config **out, char **err
 	if (is_set(c->tls_cert) != is_set(c->tls_key))
 		err_add(&e, is_set(c->tls_cert) ? "OTPD_TLS_KEY" : "OTPD_TLS_CERT",
 		        "OTPD_TLS_CERT and OTPD_TLS_KEY must be set together");
+	if (is_set(c->admin_token) && strlen(c->admin_token) < 32)
+		err_add(&e, "OTPD_ADMIN_TOKEN", "must be at least 32 characters (e.g. openssl rand "
+		        "-hex 32)");
 	if (is_set(c->http_auth_username) && strchr(c->http_auth_username, ':') != NULL)
 		err_add(&e, "HTTP_AUTH_USERNAME", "must not contain ':'");
 	if (is_set(c->pg_host)) {

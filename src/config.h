@@ -45,6 +45,7 @@ struct config {
 	/* authentication */
 	char *http_auth_username;     /* HTTP_AUTH_USERNAME */
 	char *http_auth_password;     /* HTTP_AUTH_PASSWORD (secret) */
+	char *admin_token;            /* OTPD_ADMIN_TOKEN (secret) or NULL */
 
 	/* PostgreSQL (used when pg_host is set) */
 	char *pg_host, *pg_real_host, *pg_database, *pg_user, *pg_password, *pg_schema;

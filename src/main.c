@@ -192,14 +192,26 @@ static void *janitor_main(void *arg)
 	pthread_mutex_lock(&j->mu);
 	while (!j->stop) {
 		pthread_mutex_unlock(&j->mu);
-		int64_t now = now_unix(), deleted = 0;
-		int rc = store_purge(j->store, now, now - j->cfg->retention, &deleted);
+		int64_t now = now_unix();
+		/* idempotency keys answer for 24 hours; ended verifications, events and finished
+		 * jobs stay for OTPD_RETENTION (sends inside a limit window longer) */
+		struct store_purge p = {
+			.now = now,
+			.ended_before = now - j->cfg->retention,
+			.events_before = now - j->cfg->retention,
+			.jobs_before = now - j->cfg->retention,
+			.idem_before = now - 24 * 3600 - 60,
+			.batch = 1000,
+		};
+		struct store_purge_counts n = {0, 0};
+		int rc = store_purge(j->store, &p, &n);
 		if (rc != 0) {
 			log_write(LOG_WARN, "janitor: purge failed", "error", otp_err_name(rc), LOG_END);
-		} else if (deleted > 0) {
-			char n[24];
-			snprintf(n, sizeof n, "%lld", (long long)deleted);
-			log_write(LOG_INFO, "janitor: purged expired rows", "rows", n, LOG_END);
+		} else if (n.expired > 0 || n.deleted > 0) {
+			char e[24], d[24];
+			snprintf(e, sizeof e, "%lld", (long long)n.expired);
+			snprintf(d, sizeof d, "%lld", (long long)n.deleted);
+			log_write(LOG_INFO, "janitor: expired and purged", "expired", e, "rows", d, LOG_END);
 		}
 		struct timespec until;
 		clock_gettime(CLOCK_REALTIME, &until);
@@ -286,13 +298,22 @@ static int serve(const struct config *cfg)
 		goto out;
 	}
 
-	metrics = api_metrics_new(OTPD_VERSION, store->ops->name, (double)now_unix());
+	metrics = api_metrics_new(OTPD_VERSION, store_name(store), (double)now_unix());
 	if (metrics == NULL) {
 		fprintf(stderr, "otpd: out of memory\n");
 		goto out;
 	}
 	struct api_ctx api = {
 		.cfg = cfg,
+		.verify = {
+			.cfg = cfg,
+			.store = store,
+			.key = &key,
+			.rng = &otp_rng_system,
+			.now = now_unix,
+			.notify = outbox_wake,
+			.notify_arg = outbox,
+		},
 		.store = store,
 		.key = &key,
 		.rng = &otp_rng_system,
@@ -317,7 +338,7 @@ static int serve(const struct config *cfg)
 	char threads[16], workers[16];
 	snprintf(threads, sizeof threads, "%d", cfg->threads);
 	snprintf(workers, sizeof workers, "%d", cfg->outbox_workers);
-	log_write(LOG_INFO, "otpd started", "listen", cfg->listen, "store", store->ops->name,
+	log_write(LOG_INFO, "otpd started", "listen", cfg->listen, "store", store_name(store),
 	          "threads", threads, "outbox_workers", workers, "dummy", cfg->dummy ? "true" : "false",
 	          LOG_END);
 

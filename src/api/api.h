@@ -17,6 +17,7 @@
 #include "config.h"
 #include "core/otp.h"
 #include "store/store.h"
+#include "verify/verify.h"
 
 struct api_kv {
 	const char *key;
@@ -45,21 +46,32 @@ struct api_request {
 /* The value of the first header called `name` (compared case-insensitively), or NULL. */
 const char *api_header(const struct api_request *req, const char *name);
 
+#define API_RESP_HEADERS_MAX 4
+
 struct api_response {
 	int status;                   /* HTTP status */
 	json_t *body;                 /* owned: freed by api_response_fini */
 	char *text;                   /* owned: a body that is not JSON (then body is NULL) */
 	const char *content_type;     /* of text: static string */
-	const char *allow;            /* Allow header for 405, static string or NULL */
 	int route;                    /* the route that answered (routes.h), -1: none */
 	bool basic_challenge;         /* 401 of Basic auth: add WWW-Authenticate */
+	/* more headers (Retry-After, Location...): name static, value owned here */
+	struct {
+		const char *name;
+		char value[192];
+	} headers[API_RESP_HEADERS_MAX];
+	int n_headers;
 };
+
+/* Add a header to an answer (ignored past API_RESP_HEADERS_MAX). */
+void api_response_header(struct api_response *r, const char *name, const char *value);
 
 void api_response_fini(struct api_response *r);
 
 /* Everything a handler needs, wired by main. */
 struct api_ctx {
 	const struct config *cfg;
+	struct verify_env verify;              /* the verification service */
 	struct store *store;
 	const struct otp_key *key;
 	const struct otp_rng *rng;
@@ -81,9 +93,5 @@ void api_handle(const struct api_ctx *ctx, const struct api_request *req,
  * generic JSON shape when none does. Fills resp (never fails). */
 void api_refuse(const struct api_ctx *ctx, const char *method, const char *path,
                 const struct otp_error *e, struct api_response *resp);
-
-/* The JSON error answer {"status":false,"status_code":...,"message":...} for e,
- * with the HTTP status that fits e->code. */
-void api_error_response(const struct otp_error *e, struct api_response *resp);
 
 #endif

@@ -1,7 +1,9 @@
 /*
  * compat.c - the old service's API (COMPAT.md): send, check, limits, /target,
- * /password and the Telegram webhook. Parses and validates each request in the documented
- * field order, calls flow.c, and renders the old JSON shapes.
+ * /password and the Telegram webhook, as one dialect over the verification service.
+ * Parses and validates each request in the documented field order, calls verify.h with
+ * the compat policy (OTPD_MAX_CHECK_ATTEMPTS, OTPD_CHECK_CONSUMES, the caller's own code
+ * and lifetime, app ""), and renders the old JSON shapes, errors included.
  */
 #include <sodium.h>
 #include <stdio.h>
@@ -9,13 +11,11 @@
 #include <string.h>
 
 #include "api/compat.h"
-#include "api/flow.h"
 #include "api/handlers.h"
 #include "api/params.h"
 #include "api/reply.h"
-#include "core/message.h"
+#include "api/route.h"
 #include "core/num.h"
-#include "log.h"
 
 
 static int read_target(json_t *p, enum otp_channel ch, char **out, struct otp_error *err)
@@ -75,31 +75,53 @@ void compat_send_fields_fini(struct compat_send_fields *f)
 	memset(f, 0, sizeof *f);
 }
 
-int compat_send(const struct api_ctx *ctx, const struct api_request *req, json_t *p, int arg,
+/* The compat dialect's policy: the caller's lifetime, the global attempt limit and
+ * consumption, one send per verification (the old service had no resend). */
+static struct otp_policy compat_policy(const struct config *cfg, int lifetime, int code_length)
+{
+	return (struct otp_policy){
+		.lifetime = lifetime,
+		.max_attempts = cfg->max_check_attempts,
+		.consume = cfg->check_consumes,
+		.resend_cooldown = 0,
+		.max_sends = 1,
+		.code = {.length = code_length, .alphabets = OTP_ALPHA_DIGITS},
+	};
+}
+
+int compat_send(const struct api_ctx *ctx, const struct api_call *call,
                 struct api_response *resp, struct otp_error *err)
 {
-	enum otp_channel ch = (enum otp_channel)arg;
+	enum otp_channel ch = (enum otp_channel)call->route->arg;
 	struct compat_send_fields f;
-	int rc = compat_read_send(p, ch, ctx->cfg->max_lifetime, &f, err);
+	struct verify_started out;
+	int rc = compat_read_send(call->params, ch, ctx->cfg->max_lifetime, &f, err);
 	if (rc != 0)
 		goto out;
 	/* `ip` is required while the channel has IP rules: the store decides that on the
 	 * rules its send transaction reads, so it costs no query of its own */
-	struct flow_send s = {
+	struct verify_start in = {
+		.app_id = "",
 		.channel = ch,
 		.target = f.target,
-		.code = f.password,
-		.lifetime = f.lifetime,
 		.ip = f.ip,
-		.text = ch == OTP_CH_EMAIL ? f.text : f.message,
-		.subject = f.subject,
-		.html = f.html,
+		.policy = compat_policy(ctx->cfg, f.lifetime, 6),
+		.code = f.password,
+		.msg = {
+			.text = ch == OTP_CH_EMAIL ? f.text : f.message,
+			.subject = f.subject,
+			.html = f.html,
+		},
+		.keep_code = ctx->cfg->password_readback,
 		.require_ip = true,
-		.request_id = req->request_id,
+		.request_id = call->req->request_id,
 	};
-	rc = flow_send(ctx, &s, NULL, err);
-	if (rc == 0)
+	rc = verify_start(&ctx->verify, &in, &out, err);
+	api_count_send(ctx, ch, rc);
+	if (rc == 0) {
+		api_log_started(ctx, call, &out);
 		reply_status(resp, true);
+	}
 out:
 	compat_send_fields_fini(&f);
 	return rc;
@@ -116,23 +138,31 @@ int compat_read_check(json_t *p, enum otp_channel ch, char **target, char **pass
 	return rc;
 }
 
-int compat_check(const struct api_ctx *ctx, const struct api_request *req, json_t *p, int arg,
+int compat_check(const struct api_ctx *ctx, const struct api_call *call,
                  struct api_response *resp, struct otp_error *err)
 {
-	(void)req;
-	enum otp_channel ch = (enum otp_channel)arg;
+	enum otp_channel ch = (enum otp_channel)call->route->arg;
 	char *target = NULL, *password = NULL;
-	int rc = compat_read_check(p, ch, &target, &password, err);
+	int rc = compat_read_check(call->params, ch, &target, &password, err);
 	if (rc != 0)
 		goto out;
-	/* /sms/check also accepts codes sent by /call, as the old service did. */
+	/* /sms/check also accepts codes sent by /call, as the old service did; a wrong code
+	 * counts against every code it was compared with, whichever endpoint asked */
 	unsigned mask = OTP_CH_BIT(ch);
 	if (ch == OTP_CH_SMS)
 		mask |= OTP_CH_BIT(OTP_CH_CALL);
-	bool ok = false;
-	rc = flow_check(ctx, ch, mask, target, password, &ok, err);
+	struct verify_check in = {
+		.by = STORE_CHECK_TARGET,
+		.app_id = "",
+		.target = target,
+		.channel_mask = mask,
+		.code = password,
+	};
+	struct store_check_result res;
+	rc = verify_check(&ctx->verify, &in, &res, err);
+	api_count_check(ctx, ch, rc, res.ok);
 	if (rc == 0)
-		reply_status(resp, ok);
+		reply_status(resp, res.ok);
 out:
 	free(target);
 	otp_secret_free(password);
@@ -208,32 +238,30 @@ int compat_read_limits(json_t *p, enum otp_channel ch, struct otp_limit_rule *ru
 	return rc;
 }
 
-int compat_limit_set(const struct api_ctx *ctx, const struct api_request *req, json_t *p,
-                     int arg, struct api_response *resp, struct otp_error *err)
+int compat_limit_set(const struct api_ctx *ctx, const struct api_call *call,
+                     struct api_response *resp, struct otp_error *err)
 {
-	(void)req;
-	enum otp_channel ch = (enum otp_channel)arg;
+	json_t *p = call->params;
+	enum otp_channel ch = (enum otp_channel)call->route->arg;
 	struct otp_limit_rule rules[2 * OTP_LIMIT_RULES_MAX];
 	size_t n = 0;
 	bool replace[2];
 	int rc = compat_read_limits(p, ch, rules, &n, replace, err);
 	if (rc != 0)
 		return rc;
-	if (store_set_limits(ctx->store, ch, replace, rules, n) != 0)
+	if (store_rules_replace(ctx->store, "", ch, replace, rules, n) != 0)
 		return otp_error_set(err, OTP_ERR_STORE, "unavailable", "",
 		                     "the database is unavailable, try again");
 	reply_status(resp, true);
 	return 0;
 }
 
-int compat_limit_get(const struct api_ctx *ctx, const struct api_request *req, json_t *p,
-                     int arg, struct api_response *resp, struct otp_error *err)
+int compat_limit_get(const struct api_ctx *ctx, const struct api_call *call,
+                     struct api_response *resp, struct otp_error *err)
 {
-	(void)req;
-	(void)p;
-	enum otp_channel ch = (enum otp_channel)arg;
+	enum otp_channel ch = (enum otp_channel)call->route->arg;
 	struct store_limits lim;
-	if (store_get_limits(ctx->store, ch, &lim) != 0)
+	if (store_rules_get(ctx->store, "", ch, &lim) != 0)
 		return otp_error_set(err, OTP_ERR_STORE, "unavailable", "",
 		                     "the database is unavailable, try again");
 	json_t *ips = json_array(), *targets = json_array();
@@ -249,11 +277,10 @@ int compat_limit_get(const struct api_ctx *ctx, const struct api_request *req, j
 	return 0;
 }
 
-int compat_target(const struct api_ctx *ctx, const struct api_request *req, json_t *p, int arg,
+int compat_target(const struct api_ctx *ctx, const struct api_call *call,
                   struct api_response *resp, struct otp_error *err)
 {
-	(void)req;
-	(void)arg;
+	json_t *p = call->params;
 	char *password = NULL, *chname = NULL;
 	int rc;
 	enum otp_channel ch;
@@ -265,32 +292,35 @@ int compat_target(const struct api_ctx *ctx, const struct api_request *req, json
 		                   "\"channel\" must be sms, email, call, telegram or whatsapp");
 		goto out;
 	}
-	uint8_t lookup[OTP_HASH_LEN];
-	char target[OTP_TARGET_MAX + 1];
-	otp_lookup_hash(ctx->key, ch, password, lookup);
-	rc = store_find_target(ctx->store, ch, lookup, ctx->now(), target, sizeof target);
-	if (rc == OTP_ERR_NOT_FOUND) {
+	/* finding a code is using it, as a check does: it approves (and, with
+	 * OTPD_CHECK_CONSUMES, uses up) the verification it found */
+	struct verify_check in = {
+		.by = STORE_CHECK_LOOKUP,
+		.app_id = "",
+		.channel = ch,
+		.code = password,
+	};
+	struct store_check_result res;
+	rc = verify_check(&ctx->verify, &in, &res, err);
+	api_count_check(ctx, ch, rc, res.ok);
+	if (rc != 0)
+		goto out;
+	if (!res.ok) {
 		rc = otp_error_set(err, OTP_ERR_NOT_FOUND, "not_found", "",
 		                   "no live code of that channel has that password");
 		goto out;
 	}
-	if (rc != 0) {
-		rc = otp_error_set(err, OTP_ERR_STORE, "unavailable", "",
-		                   "the database is unavailable, try again");
-		goto out;
-	}
-	reply_content(resp, json_pack("{s:s}", "target", target));
+	reply_content(resp, json_pack("{s:s}", "target", res.v.target));
 out:
 	otp_secret_free(password);
 	free(chname);
 	return rc;
 }
 
-int compat_password(const struct api_ctx *ctx, const struct api_request *req, json_t *p,
-                    int arg, struct api_response *resp, struct otp_error *err)
+int compat_password(const struct api_ctx *ctx, const struct api_call *call,
+                    struct api_response *resp, struct otp_error *err)
 {
-	(void)req;
-	(void)arg;
+	json_t *p = call->params;
 	if (!ctx->cfg->password_readback)
 		return otp_error_set(err, OTP_ERR_DISABLED, "disabled", "",
 		                     "GET /password reads a secret back and is disabled; set "
@@ -305,7 +335,7 @@ int compat_password(const struct api_ctx *ctx, const struct api_request *req, js
 	const char *t = target;
 	if (t[0] == '+' && t[1] >= '0' && t[1] <= '9')
 		t++;
-	rc = store_find_sealed_code(ctx->store, t, ctx->now(), &sealed, &sealed_len);
+	rc = store_vf_sealed_latest(ctx->store, "", t, ctx->now(), &sealed, &sealed_len);
 	free(target);
 	if (rc == OTP_ERR_NOT_FOUND)
 		return otp_error_set(err, OTP_ERR_NOT_FOUND, "not_found", "",
@@ -318,7 +348,7 @@ int compat_password(const struct api_ctx *ctx, const struct api_request *req, js
 	if (sealed_len > OTP_CODE_MAX + OTP_SEAL_OVERHEAD ||
 	    otp_open(ctx->key, "password", sealed, sealed_len, (uint8_t *)code, &code_len) != 0) {
 		free(sealed);
-		return otp_error_set(err, OTP_ERR_INTERNAL, "", "",
+		return otp_error_set(err, OTP_ERR_INTERNAL, "internal", "",
 		                     "the stored copy could not be opened (was the key changed?)");
 	}
 	free(sealed);
@@ -328,11 +358,11 @@ int compat_password(const struct api_ctx *ctx, const struct api_request *req, js
 	return 0;
 }
 
-int compat_telegram_webhook(const struct api_ctx *ctx, const struct api_request *req, json_t *p,
-                            int arg, struct api_response *resp, struct otp_error *err)
+int compat_telegram_webhook(const struct api_ctx *ctx, const struct api_call *call,
+                            struct api_response *resp, struct otp_error *err)
 {
-	(void)arg;
 	const struct config *cfg = ctx->cfg;
+	json_t *p = call->params;
 	json_t *msg = json_object_get(p, "message");
 	if (msg == NULL)
 		msg = json_object_get(p, "edited_message");
@@ -347,35 +377,109 @@ int compat_telegram_webhook(const struct api_ctx *ctx, const struct api_request 
 	if (!json_is_integer(id) || json_integer_value(id) == 0)
 		return otp_error_set(err, OTP_ERR_INVALID, "invalid_parameter", "message.chat.id",
 		                     "\"message.chat.id\" must be an integer chat id");
-	char target[32], code[OTP_CODE_MAX + 1];
+	char target[32];
 	snprintf(target, sizeof target, "%" JSON_INTEGER_FORMAT, json_integer_value(id));
-	if (otp_generate_code(ctx->rng, OTP_ALPHA_DIGITS, (size_t)cfg->webhook_code_length, code) != 0)
-		return otp_error_set(err, OTP_ERR_INTERNAL, "", "", "could not generate a code");
-	char *text = otp_template_render(cfg->template_telegram, code, cfg->webhook_lifetime);
-	if (text == NULL)
-		return otp_error_set(err, OTP_ERR_NOMEM, "", "", "out of memory");
-	struct flow_send s = {
+	/* otpd makes the code here, and renders OTPD_TEMPLATE_TELEGRAM with it */
+	struct verify_start in = {
+		.app_id = "",
 		.channel = OTP_CH_TELEGRAM,
 		.target = target,
-		.code = code,
-		.lifetime = cfg->webhook_lifetime,
-		.text = text,
-		.request_id = req->request_id,
+		.policy = compat_policy(cfg, cfg->webhook_lifetime, cfg->webhook_code_length),
+		.msg = {.tmpl = cfg->template_telegram},
+		.keep_code = cfg->password_readback,
+		.request_id = call->req->request_id,
 	};
-	int rc = flow_send(ctx, &s, NULL, err);
-	otp_secret_free(text);
-	sodium_memzero(code, sizeof code);
+	struct verify_started out;
+	int rc = verify_start(&ctx->verify, &in, &out, err);
+	api_count_send(ctx, OTP_CH_TELEGRAM, rc);
 	if (rc == OTP_ERR_LIMIT) {
 		/* Answer 200 so Telegram does not retry a refused update; say why. */
 		json_t *o = json_object();
 		json_object_set_new(o, "status", json_false());
-		json_object_set_new(o, "status_code", json_string(err->status_code));
-		json_object_set_new(o, "message", json_string(err->message));
+		json_object_set_new(o, "status_code",
+		                    json_string(strcmp(err->reason, "ip_limit") == 0
+		                                ? "ip_limit"
+		                                : otp_limit_status_code(OTP_CH_TELEGRAM, OTP_LIMIT_TARGET)));
+		json_object_set_new(o, "message",
+		                    json_string(otp_limit_message(OTP_CH_TELEGRAM,
+		                                                  strcmp(err->reason, "ip_limit") == 0
+		                                                  ? OTP_LIMIT_IP : OTP_LIMIT_TARGET)));
 		resp->status = 200;
 		resp->body = o;
 		return 0;
 	}
-	if (rc == 0)
+	if (rc == 0) {
+		api_log_started(ctx, call, &out);
 		reply_status(resp, true);
+	}
 	return rc;
 }
+
+/* ---- the dialect: its error shape and its routes ------------------------------------ */
+
+/* The old service's statuses: a limit is a 400 too. */
+static int compat_status(const struct otp_error *e)
+{
+	return e->code == OTP_ERR_LIMIT ? 400 : api_status_for(e);
+}
+
+/* {"status":false,"status_code":...,"message":...} (keys in that order; no status_code
+ * for a missing field, as the old service answered). */
+static void compat_error(const struct api_route *r, const struct otp_error *e,
+                         struct api_response *resp)
+{
+	const char *code = e->reason;
+	enum otp_channel ch = r != NULL ? (enum otp_channel)r->arg : OTP_CH_SMS;
+	const char *message = e->message[0] ? e->message : otp_err_name(e->code);
+	if (strcmp(code, "target_limit") == 0 || strcmp(code, "ip_limit") == 0) {
+		enum otp_limit_kind kind = code[0] == 'i' ? OTP_LIMIT_IP : OTP_LIMIT_TARGET;
+		code = otp_limit_status_code(ch, kind);
+		message = otp_limit_message(ch, kind);
+	} else if (strcmp(code, "missing_parameter") == 0 || strcmp(code, "internal") == 0) {
+		code = "";
+	}
+	json_t *o = json_object();
+	json_object_set_new(o, "status", json_false());
+	if (code[0] != '\0')
+		json_object_set_new(o, "status_code", json_string(code));
+	json_object_set_new(o, "message", json_string(message));
+	resp->status = compat_status(e);
+	resp->body = o;
+}
+
+const struct api_dialect api_dialect_compat = {.name = "compat", .error = compat_error};
+
+#define SMS OTP_CH_SMS
+#define CALL OTP_CH_CALL
+#define EMAIL OTP_CH_EMAIL
+#define TG OTP_CH_TELEGRAM
+#define D &api_dialect_compat
+#define B API_BODY_COMPAT
+
+const struct api_route api_compat_routes[] = {
+	{"GET", "/health", D, B, API_AUTH_NONE, admin_health, 0},
+	{"GET", "/ready", D, B, API_AUTH_NONE, admin_ready, 0},
+	{"POST", "/sms", D, B, API_AUTH_BASIC, compat_send, SMS},
+	{"POST", "/call", D, B, API_AUTH_BASIC, compat_send, CALL},
+	{"POST", "/email", D, B, API_AUTH_BASIC, compat_send, EMAIL},
+	{"POST", "/telegram", D, B, API_AUTH_BASIC, compat_send, TG},
+	{"GET", "/sms/check", D, B, API_AUTH_BASIC, compat_check, SMS},
+	{"GET", "/call/check", D, B, API_AUTH_BASIC, compat_check, CALL},
+	{"GET", "/email/check", D, B, API_AUTH_BASIC, compat_check, EMAIL},
+	{"GET", "/telegram/check", D, B, API_AUTH_BASIC, compat_check, TG},
+	{"POST", "/limit/sms", D, B, API_AUTH_BASIC, compat_limit_set, SMS},
+	{"POST", "/limit/call", D, B, API_AUTH_BASIC, compat_limit_set, CALL},
+	{"POST", "/limit/email", D, B, API_AUTH_BASIC, compat_limit_set, EMAIL},
+	{"POST", "/limit/telegram", D, B, API_AUTH_BASIC, compat_limit_set, TG},
+	{"GET", "/limit/sms", D, B, API_AUTH_BASIC, compat_limit_get, SMS},
+	{"GET", "/limit/call", D, B, API_AUTH_BASIC, compat_limit_get, CALL},
+	{"GET", "/limit/email", D, B, API_AUTH_BASIC, compat_limit_get, EMAIL},
+	{"GET", "/limit/telegram", D, B, API_AUTH_BASIC, compat_limit_get, TG},
+	{"GET", "/target", D, B, API_AUTH_BASIC, compat_target, 0},
+	{"GET", "/password", D, B, API_AUTH_BASIC, compat_password, 0},
+	{"POST", "/telegram/webhook", D, B, API_AUTH_WEBHOOK, compat_telegram_webhook, 0},
+	{"GET", "/admin/outbox", D, B, API_AUTH_BASIC, admin_outbox, 0},
+	{"GET", "/metrics", D, B, API_AUTH_BASIC, admin_metrics, 0},
+};
+
+const size_t api_compat_routes_count = sizeof api_compat_routes / sizeof api_compat_routes[0];

@@ -10,35 +10,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "core/num.h"
+#include "core/text.h"
 
-/* Strict UTF-8 (no overlongs, no surrogates, <= U+10FFFF), like jansson's own check. */
 static bool utf8_valid(const unsigned char *s, size_t n)
 {
-	size_t i = 0;
-	while (i < n) {
-		unsigned char c = s[i];
-		if (c < 0x80) { i++; continue; }
-		size_t len;
-		uint32_t cp;
-		if (c >= 0xC2 && c <= 0xDF) { len = 2; cp = c & 0x1F; }
-		else if (c >= 0xE0 && c <= 0xEF) { len = 3; cp = c & 0x0F; }
-		else if (c >= 0xF0 && c <= 0xF4) { len = 4; cp = c & 0x07; }
-		else return false;
-		if (i + len > n)
-			return false;
-		for (size_t k = 1; k < len; k++) {
-			if ((s[i + k] & 0xC0) != 0x80)
-				return false;
-			cp = (cp << 6) | (s[i + k] & 0x3F);
-		}
-		if ((len == 3 && cp < 0x800) || (len == 4 && (cp < 0x10000 || cp > 0x10FFFF)) ||
-		    (cp >= 0xD800 && cp <= 0xDFFF))
-			return false;
-		i += len;
-	}
-	return true;
+	return otp_utf8_valid((const char *)s, n);
 }
 
 /* "\"field\" <what>" as a 400 naming the field. */
@@ -50,15 +29,17 @@ static int invalid(struct otp_error *err, const char *field, const char *what)
 
 int params_missing(const char *name, struct otp_error *err)
 {
-	return otp_error_set(err, OTP_ERR_INVALID, "", name, "\"%s\" parameter must be set", name);
+	return otp_error_set(err, OTP_ERR_INVALID, "missing_parameter", name,
+	                     "\"%s\" parameter must be set", name);
 }
 
-int params_collect(const struct api_request *req, json_t **out, struct otp_error *err)
+/* The query arguments as a JSON object of strings (a later duplicate wins, as in PHP). */
+static int query_object(const struct api_request *req, json_t **out, struct otp_error *err)
 {
 	*out = NULL;
 	json_t *p = json_object();
 	if (p == NULL)
-		return otp_error_set(err, OTP_ERR_NOMEM, "", "", "out of memory");
+		return otp_error_set(err, OTP_ERR_NOMEM, "internal", "", "out of memory");
 	for (size_t i = 0; i < req->n_query; i++) {
 		const struct api_kv *kv = &req->query[i];
 		if (!utf8_valid((const unsigned char *)kv->key, strlen(kv->key)) ||
@@ -67,48 +48,204 @@ int params_collect(const struct api_request *req, json_t **out, struct otp_error
 			return otp_error_set(err, OTP_ERR_INVALID, "invalid_parameter", "",
 			                     "the query string is not valid UTF-8");
 		}
-		/* a later duplicate wins, as in PHP */
 		if (json_object_set_new(p, kv->key, json_string(kv->value)) != 0) {
 			json_decref(p);
-			return otp_error_set(err, OTP_ERR_NOMEM, "", "", "out of memory");
+			return otp_error_set(err, OTP_ERR_NOMEM, "internal", "", "out of memory");
 		}
 	}
-	/* An empty or all-white-space body means "no body" (GET requests usually). */
+	*out = p;
+	return 0;
+}
+
+static bool body_empty(const struct api_request *req)
+{
 	size_t b = 0;
 	while (req->body != NULL && b < req->body_len &&
 	       (req->body[b] == ' ' || req->body[b] == '\t' || req->body[b] == '\r' ||
 	        req->body[b] == '\n'))
 		b++;
-	if (req->body != NULL && b < req->body_len) {
-		json_error_t jerr;
-		json_t *body = json_loadb(req->body, req->body_len,
-		                          JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
-		if (body == NULL) {
-			json_decref(p);
-			if (json_error_code(&jerr) == json_error_invalid_utf8)
-				return otp_error_set(err, OTP_ERR_INVALID, "invalid_json", "",
-				                     "the body is not valid UTF-8");
-			if (json_error_code(&jerr) == json_error_duplicate_key)
-				return otp_error_set(err, OTP_ERR_INVALID, "invalid_json", "",
-				                     "the body has a duplicate key: %s", jerr.text);
+	return req->body == NULL || b == req->body_len;
+}
+
+/* Merge the JSON object body into p (body fields win). */
+static int merge_json_body(const struct api_request *req, json_t *p, struct otp_error *err)
+{
+	json_error_t jerr;
+	json_t *body = json_loadb(req->body, req->body_len,
+	                          JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
+	if (body == NULL) {
+		if (json_error_code(&jerr) == json_error_invalid_utf8)
 			return otp_error_set(err, OTP_ERR_INVALID, "invalid_json", "",
-			                     "the body is not valid JSON: %s at line %d column %d",
-			                     jerr.text, jerr.line, jerr.column);
-		}
-		if (json_is_null(body)) {
-			json_decref(body);
-		} else if (!json_is_object(body)) {
-			json_decref(body);
-			json_decref(p);
+			                     "the body is not valid UTF-8");
+		if (json_error_code(&jerr) == json_error_duplicate_key)
 			return otp_error_set(err, OTP_ERR_INVALID, "invalid_json", "",
-			                     "the body must be a JSON object");
-		} else {
-			if (json_object_update(p, body) != 0) {
-				json_decref(body);
-				json_decref(p);
-				return otp_error_set(err, OTP_ERR_NOMEM, "", "", "out of memory");
+			                     "the body has a duplicate key: %s", jerr.text);
+		return otp_error_set(err, OTP_ERR_INVALID, "invalid_json", "",
+		                     "the body is not valid JSON: %s at line %d column %d",
+		                     jerr.text, jerr.line, jerr.column);
+	}
+	int rc = 0;
+	if (json_is_null(body)) {
+		rc = 0;
+	} else if (!json_is_object(body)) {
+		rc = otp_error_set(err, OTP_ERR_INVALID, "invalid_json", "",
+		                   "the body must be a JSON object");
+	} else if (json_object_update(p, body) != 0) {
+		rc = otp_error_set(err, OTP_ERR_NOMEM, "internal", "", "out of memory");
+	}
+	json_decref(body);
+	return rc;
+}
+
+int params_collect(const struct api_request *req, json_t **out, struct otp_error *err)
+{
+	json_t *p = NULL;
+	int rc = query_object(req, &p, err);
+	/* An empty or all-white-space body means "no body" (GET requests usually). */
+	if (rc == 0 && !body_empty(req))
+		rc = merge_json_body(req, p, err);
+	if (rc != 0) {
+		json_decref(p);
+		return rc;
+	}
+	*out = p;
+	return 0;
+}
+
+/* The media type of a Content-Type value, without parameters, compared to `want`. */
+static bool media_type_is(const char *ct, const char *want)
+{
+	if (ct == NULL)
+		return false;
+	while (*ct == ' ' || *ct == '\t')
+		ct++;
+	size_t n = strlen(want);
+	if (strncasecmp(ct, want, n) != 0)
+		return false;
+	const char *rest = ct + n;
+	while (*rest == ' ' || *rest == '\t')
+		rest++;
+	return *rest == '\0' || *rest == ';';
+}
+
+int params_collect_json(const struct api_request *req, json_t **out, struct otp_error *err)
+{
+	json_t *p = NULL;
+	int rc = query_object(req, &p, err);
+	if (rc == 0 && !body_empty(req)) {
+		if (!media_type_is(req->content_type, "application/json"))
+			rc = otp_error_set(err, OTP_ERR_INVALID, "invalid_json", "Content-Type",
+			                   "the body must be JSON, sent with Content-Type: "
+			                   "application/json");
+		else
+			rc = merge_json_body(req, p, err);
+	}
+	if (rc != 0) {
+		json_decref(p);
+		return rc;
+	}
+	*out = p;
+	return 0;
+}
+
+static int hex_digit(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
+/* Percent-decode s[0..n) ('+' is a space) into a malloc'd string; NULL for a bad escape,
+ * a NUL byte, invalid UTF-8, or no memory (*nomem). */
+static char *form_decode(const char *s, size_t n, bool *nomem)
+{
+	char *out = malloc(n + 1);
+	size_t o = 0;
+	if (out == NULL) {
+		*nomem = true;
+		return NULL;
+	}
+	for (size_t i = 0; i < n; i++) {
+		char c = s[i];
+		if (c == '+') {
+			c = ' ';
+		} else if (c == '%') {
+			if (i + 2 >= n) {
+				free(out);
+				return NULL;
 			}
-			json_decref(body);
+			int a = hex_digit(s[i + 1]), b = hex_digit(s[i + 2]);
+			if (a < 0 || b < 0) {
+				free(out);
+				return NULL;
+			}
+			c = (char)(a * 16 + b);
+			i += 2;
+		}
+		if (c == '\0') {
+			free(out);
+			return NULL;
+		}
+		out[o++] = c;
+	}
+	out[o] = '\0';
+	if (!otp_utf8_valid(out, o)) {
+		free(out);
+		return NULL;
+	}
+	return out;
+}
+
+int params_collect_form(const struct api_request *req, json_t **out, struct otp_error *err)
+{
+	json_t *p = NULL;
+	int rc = query_object(req, &p, err);
+	if (rc != 0)
+		return rc;
+	if (!body_empty(req)) {
+		if (!media_type_is(req->content_type, "application/x-www-form-urlencoded")) {
+			json_decref(p);
+			return otp_error_set(err, OTP_ERR_INVALID, "invalid_form", "Content-Type",
+			                     "the body must be sent with Content-Type: "
+			                     "application/x-www-form-urlencoded");
+		}
+		const char *b = req->body, *end = req->body + req->body_len;
+		size_t fields = 0;
+		while (b < end) {
+			const char *amp = memchr(b, '&', (size_t)(end - b));
+			const char *stop = amp ? amp : end;
+			const char *eq = memchr(b, '=', (size_t)(stop - b));
+			if (stop > b) {
+				bool nomem = false;
+				const char *vstart = eq ? eq + 1 : stop;
+				char *k = form_decode(b, (size_t)((eq ? eq : stop) - b), &nomem);
+				char *v = k ? form_decode(vstart, (size_t)(stop - vstart), &nomem) : NULL;
+				if (k == NULL || v == NULL || ++fields > PARAMS_FORM_FIELDS_MAX ||
+				    k[0] == '\0') {
+					free(k);
+					free(v);
+					json_decref(p);
+					if (nomem)
+						return otp_error_set(err, OTP_ERR_NOMEM, "internal", "", "out of memory");
+					return otp_error_set(err, OTP_ERR_INVALID, "invalid_form", "",
+					                     fields > PARAMS_FORM_FIELDS_MAX
+					                     ? "the body has too many fields"
+					                     : "the body is not valid form data: a bad %%-escape, "
+					                       "a NUL byte, an empty name or invalid UTF-8");
+				}
+				rc = json_object_set_new(p, k, json_string(v));
+				free(k);
+				otp_secret_free(v); /* a value may be a code */
+				if (rc != 0) {
+					json_decref(p);
+					return otp_error_set(err, OTP_ERR_NOMEM, "internal", "", "out of memory");
+				}
+			}
+			b = amp ? amp + 1 : end;
 		}
 	}
 	*out = p;

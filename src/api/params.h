@@ -1,7 +1,8 @@
 /*
- * params.h - where the compat dialect's parameters come from, and how each kind of field
- * is read and validated. Parameters are the query string first, then the body parsed as
- * JSON whatever the Content-Type; body fields override query fields (COMPAT.md).
+ * params.h - where a route's parameters come from, and how each kind of field is read and
+ * validated. For the compat dialect: the query string first, then the body parsed as JSON
+ * whatever the Content-Type; body fields override query fields (COMPAT.md). Other
+ * dialects declare JSON or form bodies (route.h) and get the same object of parameters.
  * Strings are trimmed; an empty or all-white-space string counts as missing.
  * Every getter fills `struct otp_error` naming the field on failure and returns
  * OTP_ERR_INVALID; it returns 0 with *out = NULL for an absent optional field.
@@ -21,6 +22,16 @@
  * body that is not JSON, not an object, has duplicate keys or invalid UTF-8, or for a
  * query string with invalid UTF-8. */
 int params_collect(const struct api_request *req, json_t **out, struct otp_error *err);
+
+#define PARAMS_FORM_FIELDS_MAX 256
+
+/* Query, then a JSON object body (body fields win), for routes that speak JSON: a body
+ * with another Content-Type than application/json is refused ("invalid_json"). */
+int params_collect_json(const struct api_request *req, json_t **out, struct otp_error *err);
+/* Query, then an application/x-www-form-urlencoded body (body fields win; a repeated
+ * name keeps its last value): every name and value percent-decoded, valid UTF-8, no NUL.
+ * Values are JSON strings in *out. */
+int params_collect_form(const struct api_request *req, json_t **out, struct otp_error *err);
 
 /* "\"name\" parameter must be set" */
 int params_missing(const char *name, struct otp_error *err);

@@ -1,12 +1,15 @@
 /*
- * request.c - building answers: the success and error JSON shapes of the compat dialect
- * (keys in the order status, status_code, message, content) and the one mapping from an
- * error code to an HTTP status.
+ * request.c - what every dialect shares about an answer: freeing it, the compat-shaped
+ * success replies, the status of an error class in the dialects that have no map of
+ * their own, and the per-request bookkeeping of sends and checks (metrics, one log line).
  */
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
-#include "api/api.h"
 #include "api/reply.h"
+#include "api/route.h"
+#include "log.h"
 
 void api_response_fini(struct api_response *r)
 {
@@ -18,15 +21,15 @@ void api_response_fini(struct api_response *r)
 	r->text = NULL;
 }
 
-static int http_status_for(int code)
+int api_status_for(const struct otp_error *e)
 {
-	switch (code) {
+	switch (e->code) {
 	case OTP_OK: return 200;
 	case OTP_ERR_INVALID: return 400;
-	case OTP_ERR_LIMIT: return 400; /* the old service answered 400 for limits */
+	case OTP_ERR_LIMIT: return 429;
 	case OTP_ERR_NOT_FOUND: return 404;
 	case OTP_ERR_DISABLED: return 403;
-	case OTP_ERR_AUTH: return 401;
+	case OTP_ERR_AUTH: return strcmp(e->reason, "forbidden") == 0 ? 403 : 401;
 	case OTP_ERR_TOO_LARGE: return 413;
 	case OTP_ERR_METHOD: return 405;
 	case OTP_ERR_CONFLICT: return 409;
@@ -35,17 +38,6 @@ static int http_status_for(int code)
 	case OTP_ERR_PROVIDER: return 502;
 	}
 	return 500;
-}
-
-void api_error_response(const struct otp_error *e, struct api_response *resp)
-{
-	json_t *o = json_object();
-	json_object_set_new(o, "status", json_false());
-	if (e->status_code[0] != '\0')
-		json_object_set_new(o, "status_code", json_string(e->status_code));
-	json_object_set_new(o, "message", json_string(e->message[0] ? e->message : otp_err_name(e->code)));
-	resp->status = http_status_for(e->code);
-	resp->body = o;
 }
 
 void reply_status(struct api_response *resp, bool status)
@@ -63,4 +55,36 @@ void reply_content(struct api_response *resp, json_t *content)
 	json_object_set_new(o, "content", content);
 	resp->status = 200;
 	resp->body = o;
+}
+
+void api_count_send(const struct api_ctx *ctx, enum otp_channel ch, int rc)
+{
+	api_metrics_send(ctx->metrics, ch,
+	                 rc == 0 ? API_SEND_ACCEPTED
+	                 : rc == OTP_ERR_LIMIT ? API_SEND_LIMITED
+	                 : rc == OTP_ERR_INVALID ? API_SEND_INVALID : API_SEND_FAILED);
+}
+
+void api_count_check(const struct api_ctx *ctx, enum otp_channel ch, int rc, bool ok)
+{
+	api_metrics_check(ctx->metrics, ch,
+	                  rc != 0 ? API_CHECK_FAILED : ok ? API_CHECK_TRUE : API_CHECK_FALSE);
+}
+
+void api_log_started(const struct api_ctx *ctx, const struct api_call *call,
+                     const struct verify_started *s)
+{
+	if (!log_enabled(LOG_INFO))
+		return;
+	char masked[64], job[24], life[24];
+	const struct store_verification *v = &s->v;
+	log_mask_target(v->target, masked, sizeof masked);
+	snprintf(job, sizeof job, "%lld", (long long)s->job_id);
+	snprintf(life, sizeof life, "%lld", (long long)(v->expire_at - v->created_at));
+	log_write(LOG_INFO, s->replayed ? "verification replayed" : "code stored",
+	          "req", call->req->request_id, "app", v->app_id[0] ? v->app_id : "compat",
+	          "verification", v->public_id, "channel", otp_channel_name(v->channel),
+	          "target", masked, "lifetime", life, "job", job,
+	          "delivery", ctx->cfg->dummy ? "skipped (DUMMY=true)"
+	                                      : verify_provider(ctx->cfg, v->channel), LOG_END);
 }

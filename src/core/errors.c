@@ -18,13 +18,14 @@ static void copy_bounded(char *dst, size_t cap, const char *src)
 	dst[n] = '\0';
 }
 
-int otp_error_set(struct otp_error *e, int code, const char *status_code,
+int otp_error_set(struct otp_error *e, int code, const char *reason,
                   const char *field, const char *fmt, ...)
 {
 	if (e == NULL)
 		return code;
 	e->code = code;
-	copy_bounded(e->status_code, sizeof e->status_code, status_code);
+	e->retry_after = 0;
+	copy_bounded(e->reason, sizeof e->reason, reason);
 	copy_bounded(e->field, sizeof e->field, field);
 	va_list ap;
 	va_start(ap, fmt);

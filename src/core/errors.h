@@ -6,6 +6,8 @@
 #ifndef OTPD_CORE_ERRORS_H
 #define OTPD_CORE_ERRORS_H
 
+#include <stdint.h>
+
 /* Functions return 0 or one of these (negative). */
 enum otp_err {
 	OTP_OK = 0,
@@ -26,19 +28,27 @@ enum otp_err {
 };
 
 /*
- * A failure a user should see. `status_code` is the compat dialect's machine-readable
- * code ("ip_limit", "invalid_parameter", ...), `field` the offending parameter (may be
- * empty), `message` the human sentence. Fixed-size so it never allocates.
+ * A failure a user should see, dialect-neutral. `reason` is a stable machine code that
+ * every dialect maps to its own shape and status (see below), `field` the offending
+ * parameter (may be empty), `message` the human sentence. Fixed-size so it never
+ * allocates.
+ *
+ * Reasons: missing_parameter, invalid_parameter, invalid_json, invalid_form,
+ * unauthorized, forbidden, not_found, method_not_allowed, too_large, too_many_headers,
+ * ip_limit, target_limit, resend_cooldown, max_sends_reached, max_attempts_reached,
+ * not_pending, conflict, idempotency_mismatch, code_not_kept, channel_not_allowed,
+ * disabled, unavailable, internal.
  */
 struct otp_error {
-	int code;              /* enum otp_err */
-	char field[32];
-	char status_code[32];
+	int code;              /* enum otp_err: the class */
+	char field[48];
+	char reason[32];
 	char message[256];
+	int64_t retry_after;   /* seconds until a refusal ends (resend_cooldown); 0: none */
 };
 
 /* Fill `e` (may be NULL) and return `code`, so callers can `return otp_error_set(...)`. */
-int otp_error_set(struct otp_error *e, int code, const char *status_code,
+int otp_error_set(struct otp_error *e, int code, const char *reason,
                   const char *field, const char *fmt, ...)
 	__attribute__((format(printf, 5, 6)));
 

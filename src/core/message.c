@@ -31,7 +31,9 @@ int otp_message_encode(const struct otp_message *m, uint8_t **out, size_t *len)
 	    (rc = set_opt_string(o, "code", m->code)) != 0 ||
 	    (rc = set_opt_string(o, "text", m->text)) != 0 ||
 	    (rc = set_opt_string(o, "subject", m->subject)) != 0 ||
-	    (rc = set_opt_string(o, "html", m->html)) != 0)
+	    (rc = set_opt_string(o, "html", m->html)) != 0 ||
+	    (m->lang != NULL && (rc = set_opt_string(o, "lang", m->lang)) != 0) ||
+	    (m->sender != NULL && (rc = set_opt_string(o, "sender", m->sender)) != 0))
 		goto out;
 	char *s = json_dumps(o, JSON_COMPACT);
 	if (s == NULL) {
@@ -81,7 +83,9 @@ int otp_message_decode(const uint8_t *in, size_t len, struct otp_message *m)
 	    (rc = take_string(o, "code", true, &m->code)) != 0 ||
 	    (rc = take_string(o, "text", false, &m->text)) != 0 ||
 	    (rc = take_string(o, "subject", false, &m->subject)) != 0 ||
-	    (rc = take_string(o, "html", false, &m->html)) != 0)
+	    (rc = take_string(o, "html", false, &m->html)) != 0 ||
+	    (rc = take_string(o, "lang", false, &m->lang)) != 0 ||
+	    (rc = take_string(o, "sender", false, &m->sender)) != 0)
 		goto out;
 	rc = 0;
 out:
@@ -95,7 +99,8 @@ void otp_message_fini(struct otp_message *m)
 {
 	if (m == NULL)
 		return;
-	char **all[] = {&m->target, &m->code, &m->text, &m->subject, &m->html};
+	char **all[] = {&m->target, &m->code, &m->text, &m->subject, &m->html, &m->lang,
+	                &m->sender};
 	for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) {
 		otp_secret_free(*all[i]);
 		*all[i] = NULL;

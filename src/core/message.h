@@ -19,6 +19,9 @@ struct otp_message {
 	char *text;     /* sms / telegram / whatsapp message, email text part (may be NULL) */
 	char *subject;  /* email subject (NULL for other channels) */
 	char *html;     /* email html part (may be NULL) */
+	char *lang;     /* language asked for, e.g. "en-US" (may be NULL): a call says the code
+	                   in it where the provider can */
+	char *sender;   /* sender the application wants shown (may be NULL) */
 	int lifetime;   /* seconds, for {minutes} */
 };
 

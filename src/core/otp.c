@@ -1,5 +1,5 @@
 /*
- * otp.c - channels, keyed hashes, sealing, code generation and the check decision.
+ * otp.c - channels, keyed hashes, sealing and code generation.
  * Pure: the only state is what callers pass in (key, rng, clock as numbers).
  */
 #include "core/otp.h"
@@ -49,6 +49,7 @@ int otp_key_init(struct otp_key *k, const uint8_t master[OTP_KEY_LEN])
 	derive(master, "otpd code hash v1", k->hash_key);
 	derive(master, "otpd lookup hash v1", k->lookup_key);
 	derive(master, "otpd seal v1", k->seal_key);
+	derive(master, "otpd api key secret v1", k->secret_key);
 	return 0;
 }
 
@@ -93,6 +94,12 @@ void otp_lookup_hash(const struct otp_key *k, enum otp_channel ch, const char *c
 {
 	const char *parts[] = {otp_channel_name(ch), code};
 	hmac_parts(k->lookup_key, parts, 2, out);
+}
+
+void otp_secret_hash(const struct otp_key *k, const char *secret, uint8_t out[OTP_HASH_LEN])
+{
+	const char *parts[] = {"api-key", secret};
+	hmac_parts(k->secret_key, parts, 2, out);
 }
 
 bool otp_hash_equal(const uint8_t a[OTP_HASH_LEN], const uint8_t b[OTP_HASH_LEN])
@@ -177,42 +184,3 @@ int otp_generate_code(const struct otp_rng *rng, unsigned alphabets, size_t len,
 	return 0;
 }
 
-void otp_check_decide(const struct otp_check_input *in, struct otp_check_outcome *out)
-{
-	out->ok = false;
-	out->matched_id = 0;
-	out->failures = in->failures;
-	out->void_all = false;
-
-	if (in->max_failures > 0 && in->failures >= in->max_failures) {
-		/* Already locked out: the codes should have been voided; stay false. */
-		out->void_all = true;
-		return;
-	}
-	/* Compare against every candidate, never stopping early. */
-	bool found = false;
-	int64_t id = 0;
-	for (size_t i = 0; i < in->n_cands; i++) {
-		const struct otp_candidate *c = &in->cands[i];
-		if ((unsigned)c->channel >= OTP_CH_COUNT ||
-		    !(in->channel_mask & OTP_CH_BIT(c->channel)))
-			continue;
-		bool eq = otp_hash_equal(c->hash, in->presented[c->channel]);
-		if (eq && !found) {
-			found = true;
-			id = c->id;
-		}
-	}
-	if (found) {
-		out->ok = true;
-		out->matched_id = id;
-		return;
-	}
-	out->failures = in->failures + 1;
-	if (in->max_failures > 0 && out->failures >= in->max_failures) {
-		/* The limit is reached: every live code of the target dies, and the counter
-		 * starts over for the next code that will be sent. */
-		out->void_all = true;
-		out->failures = 0;
-	}
-}

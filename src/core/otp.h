@@ -45,6 +45,7 @@ struct otp_key {
 	uint8_t hash_key[OTP_KEY_LEN];
 	uint8_t lookup_key[OTP_KEY_LEN];
 	uint8_t seal_key[OTP_KEY_LEN];
+	uint8_t secret_key[OTP_KEY_LEN];  /* API key secrets */
 };
 
 /* Derive the sub-keys from the master key. Returns 0 or OTP_ERR_INTERNAL. */
@@ -62,6 +63,8 @@ void otp_code_hash(const struct otp_key *k, enum otp_channel ch, const char *tar
  * without storing the code. */
 void otp_lookup_hash(const struct otp_key *k, enum otp_channel ch, const char *code,
                      uint8_t out[OTP_HASH_LEN]);
+/* HMAC-SHA256(secret_key, secret): what is stored for an API key's secret. */
+void otp_secret_hash(const struct otp_key *k, const char *secret, uint8_t out[OTP_HASH_LEN]);
 /* Constant-time equality of two hashes. */
 bool otp_hash_equal(const uint8_t a[OTP_HASH_LEN], const uint8_t b[OTP_HASH_LEN]);
 
@@ -99,35 +102,5 @@ enum otp_alphabet {
 /* Write a NUL-terminated code of `len` (1..OTP_CODE_MAX) characters drawn uniformly
  * from the union of `alphabets` into out (len + 1 bytes). Returns 0 or OTP_ERR_INVALID. */
 int otp_generate_code(const struct otp_rng *rng, unsigned alphabets, size_t len, char *out);
-
-/*
- * The verification decision, given the live codes of one (target, channels) in the store.
- * Pure so both store backends share it, inside their own transaction.
- */
-struct otp_candidate {
-	int64_t id;
-	enum otp_channel channel;
-	uint8_t hash[OTP_HASH_LEN];
-};
-
-struct otp_check_input {
-	const struct otp_candidate *cands; /* live (unexpired, not void) codes */
-	size_t n_cands;
-	/* presented hash for each channel (only channels in the mask are used) */
-	uint8_t presented[OTP_CH_COUNT][OTP_HASH_LEN];
-	unsigned channel_mask;
-	int failures;        /* wrong checks so far against this (channel, target) */
-	int max_failures;    /* OTPD_MAX_CHECK_ATTEMPTS; <= 0 means unlimited */
-};
-
-struct otp_check_outcome {
-	bool ok;             /* the answer to the client */
-	int64_t matched_id;  /* id of the matching code when ok, else 0 */
-	int failures;        /* the new failure count to store */
-	bool void_all;       /* void every live code of (channels, target) */
-};
-
-/* Compares against every candidate (no early exit) so timing does not reveal which. */
-void otp_check_decide(const struct otp_check_input *in, struct otp_check_outcome *out);
 
 #endif

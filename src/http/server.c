@@ -107,7 +107,9 @@ static enum MHD_Result send_response(struct http_server *s, struct MHD_Connectio
 {
 	char *text = NULL;
 	struct MHD_Response *resp;
-	if (r->text != NULL) {
+	if (r->status == 204) {
+		resp = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
+	} else if (r->text != NULL) {
 		/* a copy: the response outlives r */
 		resp = MHD_create_response_from_buffer(strlen(r->text), r->text,
 		                                       MHD_RESPMEM_MUST_COPY);
@@ -129,8 +131,8 @@ static enum MHD_Result send_response(struct http_server *s, struct MHD_Connectio
 	if (r->basic_challenge)
 		MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE,
 		                        "Basic realm=\"otpd\", charset=\"UTF-8\"");
-	if (r->allow != NULL)
-		MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, r->allow);
+	for (int i = 0; i < r->n_headers && i < API_RESP_HEADERS_MAX; i++)
+		MHD_add_response_header(resp, r->headers[i].name, r->headers[i].value);
 	enum MHD_Result ret = MHD_queue_response(con, (unsigned)r->status, resp);
 	MHD_destroy_response(resp);
 	double took_ms = elapsed_ms(&c->start);

@@ -179,7 +179,7 @@ static int legacy_set_rules(struct store *dst, const struct legacy_rules *rules,
 {
 	static const bool both[2] = {true, true};
 	for (int ch = 0; ch < LEGACY_CHANNELS; ch++) {
-		int rc = store_set_limits(dst, (enum otp_channel)ch, both,
+		int rc = store_rules_replace(dst, "", (enum otp_channel)ch, both,
 		                          rules ? rules[ch].rules : NULL, rules ? rules[ch].n : 0);
 		if (rc != 0) {
 			legacy_err(err, cap, "setting the limits in the store", otp_err_name(rc));
@@ -203,15 +203,29 @@ struct legacy_ctx {
 	size_t cap;
 };
 
+/* The public id of an imported code: derived from its keyed hash, so a second run finds
+ * the codes the first one wrote (and reveals nothing of the code). */
+static void legacy_public_id(const uint8_t code_hash[OTP_HASH_LEN], char *out, size_t cap)
+{
+	static const char label[] = "otpd legacy import id";
+	uint8_t id[16];
+	char hex[2 * sizeof id + 1];
+	crypto_generichash(id, sizeof id, code_hash, OTP_HASH_LEN, (const uint8_t *)label,
+	                   sizeof label - 1);
+	sodium_bin2hex(hex, sizeof hex, id, sizeof id);
+	snprintf(out, cap, "otp_%s", hex);
+}
+
 /* Import row i of a FETCH (channel, target, password, ip, expire_at, created_at). */
 static int legacy_code(const struct legacy_ctx *x, PGresult *r, int i)
 {
 	char target[OTP_TARGET_MAX + 1], code[OTP_CODE_MAX + 1], ip[LEGACY_IP_MAX + 1];
-	char found[OTP_TARGET_MAX + 1];
+	char public_id[STORE_ID_MAX];
 	uint8_t sealed[OTP_CODE_MAX + OTP_SEAL_OVERHEAD];
 	int64_t ch = -1, expire_at = 0, created_at = 0;
-	struct store_send req;
-	struct store_send_result res;
+	struct store_start req;
+	struct store_start_result res;
+	struct store_verification v;
 	int rc = 0;
 
 	memset(&req, 0, sizeof req);
@@ -238,18 +252,21 @@ static int legacy_code(const struct legacy_ctx *x, PGresult *r, int i)
 	    created_at > x->now)
 		created_at = x->now;
 
+	req.app_id = "";
 	req.channel = (enum otp_channel)ch;
 	req.target = target;
 	otp_code_hash(x->key, req.channel, target, code, req.code_hash);
 	otp_lookup_hash(x->key, req.channel, code, req.lookup_hash);
+	legacy_public_id(req.code_hash, public_id, sizeof public_id);
+	req.public_id = public_id;
 
-	/* a second run: the same code for the same target is live already */
-	rc = store_find_target(x->dst, req.channel, req.lookup_hash, x->now, found, sizeof found);
-	if (rc == 0 && strcmp(found, target) == 0) {
+	/* a second run: this code for this target is in the store already */
+	rc = store_vf_get(x->dst, "", public_id, &v);
+	if (rc == 0) {
 		x->n->codes_present++;
 		goto out;
 	}
-	if (rc != 0 && rc != OTP_ERR_NOT_FOUND) {
+	if (rc != OTP_ERR_NOT_FOUND) {
 		legacy_err(x->err, x->cap, "reading the store", otp_err_name(rc));
 		goto out;
 	}
@@ -261,12 +278,15 @@ static int legacy_code(const struct legacy_ctx *x, PGresult *r, int i)
 		req.sealed_code = sealed;
 		req.sealed_code_len = strlen(code) + OTP_SEAL_OVERHEAD;
 	}
+	/* the old service had no attempt limit nor consumption: the compat defaults */
+	req.max_attempts = 5;
+	req.max_sends = 1;
 	req.now = created_at;
 	req.expire_at = expire_at;
 	req.provider = LEGACY_PROVIDER;
 	req.skip = true;
 	req.request_id = LEGACY_REQUEST_ID;
-	rc = store_send(x->dst, &req, &res);
+	rc = store_vf_start(x->dst, &req, &res);
 	if (rc == 0) {
 		x->n->codes++;
 	} else if (rc == OTP_ERR_LIMIT || rc == OTP_ERR_INVALID) {

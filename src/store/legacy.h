@@ -15,17 +15,15 @@
  *     per channel and kind) are skipped and counted.
  *   - otp_password rows with expire_at in the future (as of `now`): target and code
  *     trimmed, a phone's leading '+' dropped (as the API normalises them), hashed with
- *     otp_code_hash / otp_lookup_hash, and stored by store_send with skip=true: the code
- *     is checkable at once and its job is recorded as "skipped" with provider "legacy"
+ *     otp_code_hash / otp_lookup_hash, and stored by store_vf_start as compat
+ *     verifications (app "", 5 wrong checks, not consumed) with skip=true: the code is
+ *     checkable at once and its job is recorded as "skipped" with provider "legacy"
  *     (nothing is delivered again). Channel 3, telegram (found only in the old service's
  *     docs), is imported as telegram with the chat id as the API writes it.
  *     created_at becomes the send time so the imported codes count in the sliding limit
- *     windows as they did in the old service. A live code that is already in the store
- *     (same channel, target and code: a second run) is counted as present and not
- *     written again; the store is asked through find_target, which sees the newest code
- *     of a (channel, code) only, so when several targets had the same code a second run
- *     may write the older ones again (harmless for checks; they count twice in limit
- *     windows).
+ *     windows as they did in the old service. Each gets a public id derived from its
+ *     keyed hash, so a second run finds the codes the first wrote (counted as present,
+ *     not written again).
  *   - The timestamp columns have no time zone: they are read in `timezone`, or in the old
  *     server's TimeZone setting (how the old service compared them with NOW()).
  * Limits are cleared for sms, email and call while the codes are written (so no rule
