@@ -1005,6 +1005,8 @@ static int pg_prepare_schema(const struct pg_store *s, PGconn *c, char *err, siz
 		PQclear(r);
 	}
 	if (rc == 0)
+		rc = pg_session_setup(s, c, err, cap);
+	if (rc == 0)
 		rc = pg_simple(c, "CREATE TABLE IF NOT EXISTS otpd_schema_migrations ("
 		                  "version integer PRIMARY KEY, name text NOT NULL, "
 		                  "applied_at timestamptz NOT NULL DEFAULT now())", err, cap);

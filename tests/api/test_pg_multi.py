@@ -354,7 +354,7 @@ def test_pg_real_host_creates_database_and_schema(otpd_factory):
         other = dict(PG, database=db)
         assert psql_value(other, "SELECT count(*) FROM information_schema.tables "
                                  f"WHERE table_schema = '{schema}' "
-                                 "AND table_name = 'otpd_code'") == "1"
+                                 "AND table_name = 'otpd_verification'") == "1"
         o.stop()
         o.start()  # a second start finds everything in place
         assert o.check("sms", phone, code) is True
@@ -452,11 +452,11 @@ def test_a_statement_failing_inside_a_send_or_check_rolls_back_and_the_pool_reco
     s = o.schema
     kept, kept_code = unique_phone(), unique_code()
     assert_ok(o.send("sms", kept, kept_code))
+    # approved once now, so checking it again changes nothing
+    assert o.check("sms", kept, kept_code) is True
     pg_sql(PG, f'CREATE FUNCTION "{s}".refuse() RETURNS trigger LANGUAGE plpgsql AS '
                "$$BEGIN RAISE EXCEPTION 'refused by test'; END$$")
-    pg_sql(PG, f'CREATE TRIGGER refuse BEFORE INSERT ON "{s}".otpd_code '
-               f'FOR EACH ROW EXECUTE FUNCTION "{s}".refuse()')
-    pg_sql(PG, f'CREATE TRIGGER refuse BEFORE INSERT OR UPDATE ON "{s}".otpd_attempt '
+    pg_sql(PG, f'CREATE TRIGGER refuse BEFORE INSERT OR UPDATE ON "{s}".otpd_verification '
                f'FOR EACH ROW EXECUTE FUNCTION "{s}".refuse()')
     lost = unique_phone()
     for _ in range(3):  # more requests than pooled connections
@@ -466,9 +466,9 @@ def test_a_statement_failing_inside_a_send_or_check_rolls_back_and_the_pool_reco
     # a right check writes nothing: still answered on the same connections
     assert o.check("sms", kept, kept_code) is True
 
-    pg_sql(PG, f'DROP TRIGGER refuse ON "{s}".otpd_code')
-    pg_sql(PG, f'DROP TRIGGER refuse ON "{s}".otpd_attempt')
-    rows = pg_sql(PG, f"SELECT count(*) FROM \"{s}\".otpd_code WHERE target = '{lost}'")
+    pg_sql(PG, f'DROP TRIGGER refuse ON "{s}".otpd_verification')
+    rows = pg_sql(PG, f"SELECT count(*) FROM \"{s}\".otpd_verification "
+                      f"WHERE target = '{lost}'")
     assert rows.stdout.splitlines()[2].strip() == "0", rows.stdout
     code = unique_code()
     assert_ok(o.send("sms", lost, code))
