@@ -31,6 +31,8 @@ static int http_status_for(int code)
 	case OTP_ERR_METHOD: return 405;
 	case OTP_ERR_CONFLICT: return 409;
 	case OTP_ERR_HEADERS: return 431;
+	case OTP_ERR_URI_TOO_LONG: return 414;
+	case OTP_ERR_UNSUPPORTED: return 501;
 	case OTP_ERR_STORE: return 503;
 	case OTP_ERR_PROVIDER: return 502;
 	}
