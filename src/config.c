@@ -44,6 +44,16 @@ static const struct var vars[] = {
 	 "HTTP worker threads (default: PHP_PM_MAX_CHILDREN)"},
 	{"OTPD_MAX_BODY_BYTES", V_INT, F(max_body_bytes), 256, 16777216, "65536", false, NULL,
 	 "largest request body accepted; larger ones get 413 before they are read"},
+	{"OTPD_HEADER_TIMEOUT", V_INT, F(header_timeout), 1, 300, "10", false, NULL,
+	 "seconds a client has to send a whole request head (from connecting, or from the "
+	 "previous answer on a kept-alive connection), however steadily it trickles"},
+	{"OTPD_BODY_TIMEOUT", V_INT, F(body_timeout), 1, 3600, "30", false, NULL,
+	 "seconds a client has to send a whole request body once its head is in"},
+	{"OTPD_MAX_CONNECTIONS", V_INT, F(max_connections), 16, 65536, "4096", false, NULL,
+	 "open client connections at once; past it a new one is closed at once"},
+	{"OTPD_MAX_CONNECTIONS_PER_IP", V_INT, F(max_connections_per_ip), 0, 65536, "128", false,
+	 NULL, "open connections from one client address; past it a new one is closed at "
+	 "once (0: no cap; raise it behind a reverse proxy)"},
 	{"OTPD_LOG_LEVEL", V_LEVEL, F(log_level), 0, 0, "info", false, NULL,
 	 "debug, info, warn or error"},
 	{"OTPD_LOG_CODES", V_BOOL, F(log_codes), 0, 0, "false", false, NULL,

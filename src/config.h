@@ -29,6 +29,10 @@ struct config {
 	int php_pm_max_requests;      /* PHP_PM_MAX_REQUESTS (ignored) */
 	bool php_pm_max_requests_set;
 	long max_body_bytes;          /* OTPD_MAX_BODY_BYTES */
+	int header_timeout;           /* OTPD_HEADER_TIMEOUT s: whole request head */
+	int body_timeout;             /* OTPD_BODY_TIMEOUT s: whole body after the head */
+	int max_connections;          /* OTPD_MAX_CONNECTIONS: open at once */
+	int max_connections_per_ip;   /* OTPD_MAX_CONNECTIONS_PER_IP; 0 = no cap */
 	enum config_log_level log_level; /* OTPD_LOG_LEVEL */
 	bool log_codes;               /* OTPD_LOG_CODES: show codes in the log provider */
 	char *secret_key;             /* OTPD_SECRET_KEY (64 hex chars) or NULL: generated */

@@ -43,6 +43,7 @@ struct api_metrics {
 	struct m_route *rows;
 	atomic_ullong sends[OTP_CH_COUNT][M_SEND_N];
 	atomic_ullong checks[OTP_CH_COUNT][M_CHECK_N];
+	atomic_ullong edge[API_EDGE_N];
 };
 
 struct api_metrics *api_metrics_new(const char *version, const char *store, double start_time)
@@ -74,6 +75,8 @@ struct api_metrics *api_metrics_new(const char *version, const char *store, doub
 		for (size_t i = 0; i < M_CHECK_N; i++)
 			atomic_init(&m->checks[c][i], 0);
 	}
+	for (size_t i = 0; i < API_EDGE_N; i++)
+		atomic_init(&m->edge[i], 0);
 	return m;
 }
 
@@ -124,6 +127,12 @@ void api_metrics_check(struct api_metrics *m, enum otp_channel ch, enum api_chec
 {
 	if (m != NULL && (unsigned)ch < OTP_CH_COUNT && (unsigned)o < M_CHECK_N)
 		add(&m->checks[ch][o], 1);
+}
+
+void api_metrics_edge(struct api_metrics *m, enum api_edge_event ev)
+{
+	if (m != NULL && (unsigned)ev < API_EDGE_N)
+		add(&m->edge[ev], 1);
 }
 
 /* ---- rendering ---------------------------------------------------------------------- */
@@ -229,6 +238,20 @@ char *api_metrics_render(const struct api_metrics *m, const struct api_delivery_
 		out(&b, "otpd_http_request_duration_seconds_count{method=\"%s\",route=\"%s\"} %llu\n",
 		    method, route, cum);
 	}
+
+	family(&b, "otpd_http_connections_refused_total", "counter",
+	       "Connections closed at accept, by the limit they were over.");
+	out(&b, "otpd_http_connections_refused_total{limit=\"max_connections\"} %llu\n",
+	    get(&m->edge[API_EDGE_REFUSED_MAX]));
+	out(&b, "otpd_http_connections_refused_total{limit=\"max_connections_per_ip\"} %llu\n",
+	    get(&m->edge[API_EDGE_REFUSED_PER_IP]));
+	family(&b, "otpd_http_request_timeouts_total", "counter",
+	       "Connections closed because a request's head (OTPD_HEADER_TIMEOUT) or body "
+	       "(OTPD_BODY_TIMEOUT) did not arrive in time.");
+	out(&b, "otpd_http_request_timeouts_total{phase=\"head\"} %llu\n",
+	    get(&m->edge[API_EDGE_TIMEOUT_HEAD]));
+	out(&b, "otpd_http_request_timeouts_total{phase=\"body\"} %llu\n",
+	    get(&m->edge[API_EDGE_TIMEOUT_BODY]));
 
 	family(&b, "otpd_sends_total", "counter",
 	       "Codes sent, by channel and result: accepted (stored with its delivery job), "

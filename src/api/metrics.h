@@ -42,6 +42,15 @@ void api_metrics_send(struct api_metrics *m, enum otp_channel ch, enum api_send_
 enum api_check_outcome { API_CHECK_TRUE, API_CHECK_FALSE, API_CHECK_FAILED };
 void api_metrics_check(struct api_metrics *m, enum otp_channel ch, enum api_check_outcome o);
 
+/* What the HTTP edge did to a connection instead of answering it: refused it at
+ * accept (over OTPD_MAX_CONNECTIONS or OTPD_MAX_CONNECTIONS_PER_IP), or closed it when
+ * its head or body did not arrive in time. m may be NULL. */
+enum api_edge_event {
+	API_EDGE_REFUSED_MAX, API_EDGE_REFUSED_PER_IP, API_EDGE_TIMEOUT_HEAD,
+	API_EDGE_TIMEOUT_BODY, API_EDGE_N
+};
+void api_metrics_edge(struct api_metrics *m, enum api_edge_event ev);
+
 /* The whole exposition as a malloc'd string (caller frees), or NULL when out of memory.
  * `delivery` may be NULL (no outbox). `backlog` is what the store answered at `now`
  * (unix seconds), or NULL when it did not answer: then otpd_store_up is 0. */
