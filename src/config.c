@@ -442,7 +442,7 @@ static char *read_secret(const struct var *v, const char *what, const char *path
 	while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))
 		n--;
 	buf[n] = '\0';
-	if ((size_t)n >= cap - 3 || strlen(buf) != (size_t)n) {
+	if ((size_t)n > cap - 3 || strlen(buf) != (size_t)n) {
 		snprintf(msg, sizeof msg, "%s: %s is too long or not text", what, path);
 		err_add(e, v->name, msg);
 		memset(buf, 0, cap);
