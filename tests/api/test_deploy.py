@@ -53,33 +53,37 @@ def test_unit_is_a_notify_service_with_reload_watchdog_and_credentials():
 
 
 def test_install_tree(tmp_path):
-    """meson install into a DESTDIR: the binary, the unit (pointing at the installed
-    binary), the man page, the example environment; nothing of the tests."""
-    build = tmp_path / "build"
-    prefix = "/opt/otpd-test"
-    env = base_env()
-    subprocess.run(["meson", "setup", str(build), f"--prefix={prefix}",
-                    "--sysconfdir=/etc"], cwd=REPO, check=True, capture_output=True,
-                   timeout=300, env=env)
+    """meson install of the build under test into a DESTDIR: the binary, the unit
+    (pointing at the installed binary), the man page, the example environment; nothing
+    of the tests."""
+    build = otpd_bin().parent
+    assert (build / "build.ninja").exists(), f"{build} is not a meson build directory"
+    intro = subprocess.run(["meson", "introspect", "--buildoptions", str(build)],
+                           capture_output=True, text=True, timeout=120, check=True).stdout
+    import json
+    opts = {o["name"]: o["value"] for o in json.loads(intro)}
+    prefix, sbindir, sysconfdir = opts["prefix"], opts["sbindir"], opts["sysconfdir"]
+    dest = tmp_path / "dest"
+    env = dict(base_env(), DESTDIR=str(dest))
+    # the unit is generated at build time like the binary
     subprocess.run(["ninja", "-C", str(build), "otpd", "otpd.service"], check=True,
                    capture_output=True, timeout=900, env=env)
-    dest = tmp_path / "dest"
-    env["DESTDIR"] = str(dest)
-    subprocess.run(["meson", "install", "-C", str(build), "--no-rebuild",
-                    "--skip-subprojects"], check=True, capture_output=True, timeout=300,
-                   env=env)
+    subprocess.run(["meson", "install", "-C", str(build), "--no-rebuild"], check=True,
+                   capture_output=True, timeout=300, env=env)
     files = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
     root = prefix.lstrip("/")
-    want = [f"{root}/sbin/otpd", f"{root}/lib/systemd/system/otpd.service",
-            f"{root}/share/man/man8/otpd.8", "etc/otpd/otpd.env.example"]
+    etc = sysconfdir.lstrip("/") if sysconfdir.startswith("/") else f"{root}/{sysconfdir}"
+    want = [f"{root}/{sbindir}/otpd", f"{root}/lib/systemd/system/otpd.service",
+            f"{root}/share/man/man8/otpd.8", f"{etc}/otpd/otpd.env.example"]
     assert sorted(want) == files, files
-    assert os.access(dest / root / "sbin" / "otpd", os.X_OK)
+    binary = dest / root / sbindir / "otpd"
+    assert os.access(binary, os.X_OK)
     unit = (dest / root / "lib/systemd/system/otpd.service").read_text()
-    assert f"ExecStart={prefix}/sbin/otpd\n" in unit
-    assert f"ExecStartPre={prefix}/sbin/otpd --check-config\n" in unit
-    cp = subprocess.run([str(dest / root / "sbin" / "otpd"), "-V"], capture_output=True,
-                        text=True, timeout=30)
-    assert cp.returncode == 0 and cp.stdout.startswith("otpd ")
+    assert f"ExecStart={prefix}/{sbindir}/otpd\n" in unit
+    assert f"ExecStartPre={prefix}/{sbindir}/otpd --check-config\n" in unit
+    cp = subprocess.run([str(binary), "-V"], capture_output=True, text=True, timeout=30,
+                        env=base_env())
+    assert cp.returncode == 0 and cp.stdout.startswith("otpd "), cp
 
 
 def test_make_install_never_installs_test_dependencies():
