@@ -353,6 +353,16 @@ static void test_registry(void **state)
 		assert_true(provider_serves("webhook", ch));
 	}
 	assert_false(provider_serves("nope", OTP_CH_SMS));
+	/* config.c's list of provider names (OTPD_*_PROVIDER) accepts every registry row */
+	for (size_t i = 0; provider_def_at(i) != NULL; i++) {
+		struct env en = {0};
+		env_set(&en, "OTPD_PROVIDER", "%s", provider_def_at(i)->name);
+		struct config *cn = NULL;
+		char *cerrs = NULL;
+		if (config_load(env_get, &en, &cn, &cerrs) != 0)
+			fail_msg("config.c refuses provider %s: %s", provider_def_at(i)->name, cerrs);
+		config_free(cn);
+	}
 	/* every row names its settings, and each of them is a configuration variable */
 	for (size_t i = 0; provider_def_at(i) != NULL; i++) {
 		const struct provider_def *d = provider_def_at(i);
