@@ -62,6 +62,7 @@
 #include "api/routes.h"
 #include "core/num.h"
 #include "http/framing.h"
+#include "http/tls.h"
 #include "log.h"
 
 /* libmicrohttpd's memory per connection (read buffer, parsed head, answer head). Above
@@ -189,6 +190,8 @@ static enum MHD_Result collect_arg(void *cls, enum MHD_ValueKind kind, const cha
 	return MHD_YES;
 }
 
+static void set_client_ip(struct conn *c, struct MHD_Connection *con);
+
 /* Queue r. With `close`, the answer says Connection: close and libmicrohttpd closes the
  * connection once it is sent: for refusals after which the rest of the stream cannot be
  * trusted to be framed as the client meant. */
@@ -198,6 +201,7 @@ static enum MHD_Result send_response(struct http_server *s, struct MHD_Connectio
 {
 	char *text = NULL;
 	struct MHD_Response *resp;
+	size_t bytes = 0;
 	if (c->edge != NULL) {
 		pthread_mutex_lock(&s->mu);
 		c->edge->phase = EDGE_ANSWER;
@@ -207,12 +211,14 @@ static enum MHD_Result send_response(struct http_server *s, struct MHD_Connectio
 		resp = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
 	} else if (r->text != NULL) {
 		/* a copy: the response outlives r */
-		resp = MHD_create_response_from_buffer(strlen(r->text), r->text,
-		                                       MHD_RESPMEM_MUST_COPY);
+		bytes = strlen(r->text);
+		resp = MHD_create_response_from_buffer(bytes, r->text, MHD_RESPMEM_MUST_COPY);
 	} else if (r->body != NULL && (text = json_dumps(r->body, JSON_COMPACT)) != NULL) {
-		resp = MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE);
+		bytes = strlen(text);
+		resp = MHD_create_response_from_buffer(bytes, text, MHD_RESPMEM_MUST_FREE);
 	} else {
 		static const char fallback[] = "{\"status\":false,\"message\":\"internal error\"}";
+		bytes = sizeof fallback - 1;
 		resp = MHD_create_response_from_buffer(sizeof fallback - 1, (void *)fallback,
 		                                       MHD_RESPMEM_PERSISTENT);
 	}
@@ -235,13 +241,25 @@ static enum MHD_Result send_response(struct http_server *s, struct MHD_Connectio
 	MHD_destroy_response(resp);
 	double took_ms = elapsed_ms(&c->start);
 	api_metrics_request(s->api->metrics, r->route, r->status, took_ms / 1000.0);
-	if (log_enabled(LOG_INFO)) {
-		char status[8], ms[24];
+	/* The answer's dialect-neutral reason when it is an error (set where the error
+	 * became the answer); counted as the refusal's reason, and logged. */
+	const char *code = r->status >= 400 && r->reason[0] != '\0' ? r->reason : NULL;
+	api_metrics_refusal(s->api->metrics, r->route, r->status, code);
+	if (s->cfg->access_log) {
+		char status[8], ms[24], size[24];
+		if (c->client_ip[0] == '\0')
+			set_client_ip(c, con); /* refused before the request was read whole */
 		snprintf(status, sizeof status, "%d", r->status);
 		snprintf(ms, sizeof ms, "%.2f", took_ms);
-		/* The query string is never logged: it may carry a code. */
-		log_write(LOG_INFO, "request", "req", c->request_id, "method", method, "path", url,
-		          "status", status, "ms", ms, LOG_END);
+		snprintf(size, sizeof size, "%zu", bytes);
+		const char *ua = MHD_lookup_connection_value(con, MHD_HEADER_KIND,
+		                                             MHD_HTTP_HEADER_USER_AGENT);
+		/* The query string is never logged: it may carry a code. Its own switch, not a
+		 * level: an operator who wants warnings only still gets the access log. */
+		log_access("request", "req", c->request_id, "client", c->client_ip,
+		           "method", method, "path", url, "status", status,
+		           "code", code ? code : "", "bytes", size, "ms", ms,
+		           "ua", ua ? ua : "", LOG_END);
 	}
 	return ret;
 }
@@ -804,6 +822,60 @@ static void edge_fini(struct http_server *s)
 	pthread_mutex_destroy(&s->mu);
 }
 
+/*
+ * Start a daemon with every setting of the edge: on the address `addr` (reused), or on
+ * the already listening socket `fd` (a TLS reload). NULL when libmicrohttpd refuses.
+ */
+static struct MHD_Daemon *daemon_start(struct http_server *s, bool ipv6,
+                                       const struct http_tls *tls, const struct sockaddr *addr,
+                                       MHD_socket fd)
+{
+	const struct config *cfg = s->cfg;
+	unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL | MHD_USE_ITC |
+	                 MHD_USE_ERROR_LOG;
+	if (ipv6)
+		flags |= MHD_USE_IPv6;
+	struct MHD_OptionItem opts[] = {
+		{MHD_OPTION_HTTPS_MEM_CERT, 0, tls ? tls->cert : NULL},
+		{MHD_OPTION_HTTPS_MEM_KEY, 0, tls ? tls->key : NULL},
+		{MHD_OPTION_HTTPS_PRIORITIES, 0, (void *)TLS_PRIORITIES},
+		{MHD_OPTION_END, 0, NULL},
+		{MHD_OPTION_END, 0, NULL},
+		{MHD_OPTION_END, 0, NULL},
+	};
+	size_t n = 3;
+	if (tls != NULL)
+		flags |= MHD_USE_TLS;
+	else
+		n = 0;
+	if (fd != MHD_INVALID_SOCKET) {
+		opts[n++] = (struct MHD_OptionItem){MHD_OPTION_LISTEN_SOCKET, (intptr_t)fd, NULL};
+	} else {
+		opts[n++] = (struct MHD_OptionItem){MHD_OPTION_SOCK_ADDR, 0, (void *)addr};
+		opts[n++] = (struct MHD_OptionItem){MHD_OPTION_LISTENING_ADDRESS_REUSE, 1, NULL};
+	}
+	opts[n] = (struct MHD_OptionItem){MHD_OPTION_END, 0, NULL};
+	/* libmicrohttpd's own connection limit (split evenly over the pool threads) is kept
+	 * above ours with room for each thread's share to be uneven: at it, a thread stops
+	 * accepting and new clients wait unanswered in the kernel's backlog, which is what
+	 * on_accept's immediate refusal is there to prevent. */
+	unsigned mhd_limit = (unsigned)s->max_conns * 2u + (unsigned)cfg->threads * 4u;
+	return MHD_start_daemon(
+		flags, (uint16_t)cfg->listen_port, on_accept, s, on_request, s,
+		MHD_OPTION_ARRAY, opts,
+		MHD_OPTION_THREAD_POOL_SIZE, (unsigned)cfg->threads,
+		MHD_OPTION_CONNECTION_LIMIT, mhd_limit,
+		MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)MHD_POOL_BYTES,
+		/* the idle limit of a connection that is sent its answer but does not read it;
+		 * heads and bodies have the reaper's deadlines */
+		MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)30,
+		MHD_OPTION_URI_LOG_CALLBACK, on_uri, s,
+		MHD_OPTION_NOTIFY_CONNECTION, on_connection, s,
+		MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
+		MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, s,
+		MHD_OPTION_END);
+}
+
 struct http_server *http_server_start(const struct config *cfg, const struct api_ctx *api,
                                       const struct http_tls *tls, char *err, size_t cap)
 {
@@ -845,41 +917,7 @@ struct http_server *http_server_start(const struct config *cfg, const struct api
 		return NULL;
 	}
 	s->reaper_running = true;
-	unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL | MHD_USE_ITC |
-	                 MHD_USE_ERROR_LOG;
-	if (ai->ai_family == AF_INET6)
-		flags |= MHD_USE_IPv6;
-	struct MHD_OptionItem tls_opts[] = {
-		{MHD_OPTION_HTTPS_MEM_CERT, 0, tls ? tls->cert : NULL},
-		{MHD_OPTION_HTTPS_MEM_KEY, 0, tls ? tls->key : NULL},
-		{MHD_OPTION_HTTPS_PRIORITIES, 0, (void *)TLS_PRIORITIES},
-		{MHD_OPTION_END, 0, NULL},
-	};
-	if (tls != NULL)
-		flags |= MHD_USE_TLS;
-	else
-		tls_opts[0].option = MHD_OPTION_END;
-	/* libmicrohttpd's own connection limit (split evenly over the pool threads) is kept
-	 * above ours with room for each thread's share to be uneven: at it, a thread stops
-	 * accepting and new clients wait unanswered in the kernel's backlog, which is what
-	 * on_accept's immediate refusal is there to prevent. */
-	unsigned mhd_limit = (unsigned)s->max_conns * 2u + (unsigned)cfg->threads * 4u;
-	s->daemon = MHD_start_daemon(
-		flags, (uint16_t)cfg->listen_port, on_accept, s, on_request, s,
-		MHD_OPTION_ARRAY, tls_opts,
-		MHD_OPTION_SOCK_ADDR, ai->ai_addr,
-		MHD_OPTION_THREAD_POOL_SIZE, (unsigned)cfg->threads,
-		MHD_OPTION_CONNECTION_LIMIT, mhd_limit,
-		MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)MHD_POOL_BYTES,
-		/* the idle limit of a connection that is sent its answer but does not read it;
-		 * heads and bodies have the reaper's deadlines */
-		MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)30,
-		MHD_OPTION_URI_LOG_CALLBACK, on_uri, s,
-		MHD_OPTION_NOTIFY_CONNECTION, on_connection, s,
-		MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
-		MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, s,
-		MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,
-		MHD_OPTION_END);
+	s->daemon = daemon_start(s, ai->ai_family == AF_INET6, tls, ai->ai_addr, MHD_INVALID_SOCKET);
 	freeaddrinfo(ai);
 	if (s->daemon == NULL) {
 		if (tls != NULL)
@@ -926,4 +964,57 @@ void http_server_stop(struct http_server *s)
 		close(s->quiesced_fd);
 	edge_fini(s);
 	free(s);
+}
+
+/*
+ * SIGHUP's certificate swap. libmicrohttpd reads its certificate once, when a daemon
+ * starts, so a new pair means a new daemon: it is started on the same listening socket
+ * (MHD_OPTION_LISTEN_SOCKET) with the same settings, then the old daemon is quiesced
+ * (it stops accepting; the socket stays open for the new one) and stopped once the
+ * connections it still serves are done, or after OTPD_SHUTDOWN_TIMEOUT — as an nginx
+ * reload lets old workers finish. Between the two starts both accept, so no client
+ * is refused; a pair GnuTLS or libmicrohttpd refuses leaves the old daemon serving.
+ * Called from the main thread only, like start and drain.
+ */
+int http_server_reload_tls(struct http_server *s, const struct http_tls *tls, char *err,
+                           size_t cap)
+{
+	if (s == NULL || s->daemon == NULL || tls == NULL) {
+		snprintf(err, cap, "TLS is not configured: nothing to reload");
+		return -1;
+	}
+	if (http_tls_check_pem(tls->cert, strlen(tls->cert), tls->key, tls->key_len,
+	                       (int64_t)time(NULL), NULL, err, cap) != 0)
+		return -1;
+	const union MHD_DaemonInfo *li = MHD_get_daemon_info(s->daemon, MHD_DAEMON_INFO_LISTEN_FD);
+	if (li == NULL || li->listen_fd == MHD_INVALID_SOCKET) {
+		snprintf(err, cap, "the listening socket is gone (otpd is stopping)");
+		return -1;
+	}
+	MHD_socket fd = li->listen_fd;
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof ss;
+	bool ipv6 = getsockname(fd, (struct sockaddr *)&ss, &sl) == 0 && ss.ss_family == AF_INET6;
+	struct MHD_Daemon *fresh = daemon_start(s, ipv6, tls, NULL, fd);
+	if (fresh == NULL) {
+		snprintf(err, cap, "libmicrohttpd refused the new certificate and key");
+		return -1;
+	}
+	struct MHD_Daemon *old = s->daemon;
+	s->daemon = fresh;
+	/* the old daemon lets go of the socket (the new one keeps it open) */
+	(void)MHD_quiesce_daemon(old);
+	struct timespec t0;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	for (;;) {
+		const union MHD_DaemonInfo *ci =
+			MHD_get_daemon_info(old, MHD_DAEMON_INFO_CURRENT_CONNECTIONS);
+		if (ci == NULL || ci->num_connections == 0 ||
+		    elapsed_ms(&t0) >= s->cfg->shutdown_timeout * 1000.0)
+			break;
+		struct timespec nap = {0, 10 * 1000 * 1000};
+		nanosleep(&nap, NULL);
+	}
+	MHD_stop_daemon(old);
+	return 0;
 }
