@@ -28,6 +28,17 @@ int no_arguments(int argc, char **argv);
 /* Log "unexpected argument" for command `cmd` (the caller returns 2). */
 void refuse_argument(const char *cmd, const char *arg);
 
+/* The master key of this configuration (OTPD_SECRET_KEY, or the key file of
+ * OTPD_DATA_DIR, made on first use): 0, or -1 with the reason in err. */
+int command_load_key(const struct config *cfg, uint8_t master[32], char *err, size_t cap);
+/* The store of this configuration, migrated; NULL with the reason in err. */
+struct store;
+struct store *command_open_store(const struct config *cfg, char *err, size_t cap);
+
+/* otpd app ... and otpd key ... (cmd_apps.c) */
+int cmd_app(const struct config *cfg, int argc, char **argv);
+int cmd_key(const struct config *cfg, int argc, char **argv);
+
 /* otpd health: GET /health of the otpd that this configuration describes. */
 int cmd_health(const struct config *cfg, int argc, char **argv);
 

@@ -97,7 +97,8 @@ static void warn_unknown_names(void)
 
 /* The master key: OTPD_SECRET_KEY, or OTPD_DATA_DIR/secret.key, generated on first start
  * (mode 0600, written with O_EXCL so two processes starting together agree). */
-static int load_key(const struct config *cfg, uint8_t master[OTP_KEY_LEN], char *err, size_t cap)
+int command_load_key(const struct config *cfg, uint8_t master[OTP_KEY_LEN], char *err,
+                     size_t cap)
 {
 	char hex[2 * OTP_KEY_LEN + 2];
 	size_t bin_len = 0;
@@ -157,7 +158,7 @@ static int load_key(const struct config *cfg, uint8_t master[OTP_KEY_LEN], char 
 	return 0;
 }
 
-static struct store *open_store(const struct config *cfg, char *err, size_t cap)
+struct store *command_open_store(const struct config *cfg, char *err, size_t cap)
 {
 	if (cfg->pg_host != NULL) {
 		struct store_pg_config pc = {
@@ -416,7 +417,7 @@ static int cmd_serve(const struct config *cfg, int argc, char **argv)
 		http_tls_free(tls);
 		return 2;
 	}
-	if (load_key(cfg, master, err, sizeof err) != 0) {
+	if (command_load_key(cfg, master, err, sizeof err) != 0) {
 		fatal("invalid configuration", err);
 		http_tls_free(tls);
 		return 2;
@@ -428,7 +429,7 @@ static int cmd_serve(const struct config *cfg, int argc, char **argv)
 	}
 	sodium_memzero(master, sizeof master);
 
-	store = open_store(cfg, err, sizeof err);
+	store = command_open_store(cfg, err, sizeof err);
 	if (store == NULL) {
 		fatal("store", err);
 		goto out;
@@ -539,7 +540,7 @@ static int cmd_migrate(const struct config *cfg, int argc, char **argv)
 		return 2;
 	}
 	/* Opening a store applies its pending migrations. */
-	struct store *s = open_store(cfg, err, sizeof err);
+	struct store *s = command_open_store(cfg, err, sizeof err);
 	if (s == NULL) {
 		fatal("store", err);
 		return 1;
@@ -591,13 +592,13 @@ static int cmd_migrate_from_legacy(const struct config *cfg, int argc, char **ar
 	}
 	uint8_t master[OTP_KEY_LEN];
 	struct otp_key key;
-	if (load_key(cfg, master, err, sizeof err) != 0) {
+	if (command_load_key(cfg, master, err, sizeof err) != 0) {
 		fatal("invalid configuration", err);
 		return 2;
 	}
 	otp_key_init(&key, master);
 	sodium_memzero(master, sizeof master);
-	struct store *store = open_store(cfg, err, sizeof err);
+	struct store *store = command_open_store(cfg, err, sizeof err);
 	if (store == NULL) {
 		fatal("store", err);
 		otp_key_wipe(&key);
@@ -731,6 +732,11 @@ static const struct command commands[] = {
 	{"migrate-from-legacy", NULL, cmd_migrate_from_legacy, true,
 	 "[CONNINFO] [--schema S] [--timezone Z]: import the old service's otp_limit rules "
 	 "and live otp_password codes (default: the database and schema of PG_*)"},
+	{"app", NULL, cmd_app, true,
+	 "create|list|show|update|delete: the apps of the native API and their settings "
+	 "(otpd app --help)"},
+	{"key", NULL, cmd_key, true,
+	 "create|list|revoke: API keys of an app, or admin keys (otpd key --help)"},
 	{"--help", "-h", cmd_help, false, "print this help"},
 	{"--version", "-V", cmd_version, false, "print the version"},
 };
