@@ -15,9 +15,15 @@ end
 n_true, n_false, n_other = 0, 0, 0
 
 function response(status, headers, body)
-   if status == 200 and body:find('"status":true', 1, true) then
+   -- compat answers {"status":true|false}; native {"verified":true|false}, and a native
+   -- send a pending verification
+   if status == 200 and (body:find('"status":true', 1, true) or
+                         body:find('"verified":true', 1, true) or
+                         (body:find('"status":"pending"', 1, true) and
+                          not body:find('"verified":false', 1, true))) then
       n_true = n_true + 1
-   elseif status == 200 and body:find('"status":false', 1, true) then
+   elseif status == 200 and (body:find('"status":false', 1, true) or
+                             body:find('"verified":false', 1, true)) then
       n_false = n_false + 1
    else
       n_other = n_other + 1

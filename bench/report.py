@@ -17,6 +17,10 @@ DESCRIPTIONS = {
     "send-pg": "POST /sms, PostgreSQL, delivery via outbox (log provider)",
     "send-pg-dummy": "POST /sms, PostgreSQL, DUMMY=true",
     "check-pg": "GET /sms/check, PostgreSQL, 50% right codes",
+    "native-send": "POST /otp/send vs POST /sms of the same build, SQLite, delivery via outbox",
+    "native-verify": "POST /otp/verify (by recipient) vs GET /sms/check of the same build, SQLite, 50% right",
+    "native-send-pg": "POST /otp/send vs POST /sms of the same build, PostgreSQL, delivery via outbox",
+    "native-verify-pg": "POST /otp/verify vs GET /sms/check of the same build, PostgreSQL, 50% right",
 }
 
 

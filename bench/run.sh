@@ -17,6 +17,11 @@
 #                                       switched to fsync=on, synchronous_commit=on)
 #   send-pg-dummy                       (not run by default) POST /sms on PostgreSQL with
 #                                       DUMMY=true: the send without the outbox's work
+#   native-send  POST /otp/send         otpd's own API (an app key, a code made by the
+#                                       server) vs the compat send of the same otpd build
+#   native-verify POST /otp/verify      by recipient over pre-seeded phones, half right,
+#                                       vs the compat check (reusable codes, no limit)
+#   native-send-pg, native-verify-pg    the same on PostgreSQL
 #
 # Environment: BENCH_DURATION (seconds per run, 4), BENCH_RUNS (3), BENCH_WARMUP (2),
 # BENCH_CONNECTIONS (16), BENCH_THREADS (2), BENCH_CHECK_PHONES (1000),
@@ -35,7 +40,7 @@ warmup=${BENCH_WARMUP:-2}
 conns=${BENCH_CONNECTIONS:-16}
 wthreads=${BENCH_THREADS:-2}
 export BENCH_CHECK_PHONES=${BENCH_CHECK_PHONES:-1000}
-scenarios=${BENCH_SCENARIOS:-"health send send-dummy check send-pg check-pg"}
+scenarios=${BENCH_SCENARIOS:-"health send send-dummy check native-send native-verify send-pg check-pg native-send-pg native-verify-pg"}
 want_pg=${BENCH_PG:-auto}
 out=${BENCH_OUT:-$root/bench/results/latest.md}
 legacy_children=10 # PHP_PM_MAX_CHILDREN's default in the old container; otpd's threads too
@@ -132,7 +137,7 @@ start_otpd() {
 	mkdir -p "$dir"
 	port=$(free_port)
 	env -i PATH="$PATH" \
-		OTPD_LISTEN="127.0.0.1:$port" OTPD_DATA_DIR="$dir" OTPD_LOG_LEVEL=warn \
+		OTPD_LISTEN="127.0.0.1:$port" OTPD_DATA_DIR="$dir" OTPD_LOG_LEVEL=warn OTPD_ACCESS_LOG=false \
 		OTPD_PROVIDER=log OTPD_THREADS="$legacy_children" OTPD_MAX_CHECK_ATTEMPTS=0 "$@" \
 		"${extra[@]+"${extra[@]}"}" "$otpd" >"$dir/otpd.log" 2>&1 &
 	otpd_pid=$!
@@ -181,29 +186,35 @@ wrk_once() {
 }
 
 # measure SCENARIO SCRIPT LABEL URL ROLE [LABEL URL ROLE]... : warm each server up,
-# then alternate RUNS timed runs between them. ROLE is otpd, otpd-outbox (drain the
-# outbox after each run) or baseline.
+# then alternate RUNS timed runs between them. ROLE is otpd or baseline, with -outbox
+# to drain the outbox after each run, and @SCRIPT to run another script than SCRIPT
+# against that server (native against compat on one otpd).
 measure() {
-	local scenario=$1 script=$2
+	local scenario=$1 default_script=$2
 	shift 2
-	local -a labels=() urls=() roles=()
+	local -a labels=() urls=() roles=() scripts=()
 	while [ $# -gt 0 ]; do
-		labels+=("$1"); urls+=("$2"); roles+=("$3")
+		labels+=("$1"); urls+=("$2")
+		if [[ "$3" == *@* ]]; then
+			roles+=("${3%@*}"); scripts+=("${3#*@}")
+		else
+			roles+=("$3"); scripts+=("$default_script")
+		fi
 		shift 3
 	done
 	local i r line
 	for i in "${!labels[@]}"; do
 		say "$scenario: warm-up ${labels[$i]}"
-		wrk_once "${urls[$i]}" "$script" "$warmup" >/dev/null
-		[ "${roles[$i]}" = otpd-outbox ] && drain "$scenario-warmup" "${labels[$i]}" "${urls[$i]}"
+		wrk_once "${urls[$i]}" "${scripts[$i]}" "$warmup" >/dev/null
+		[[ "${roles[$i]}" == *-outbox ]] && drain "$scenario-warmup" "${labels[$i]}" "${urls[$i]}"
 	done
 	for r in $(seq 1 "$runs"); do
 		for i in "${!labels[@]}"; do
-			line=$(wrk_once "${urls[$i]}" "$script" "$duration")
+			line=$(wrk_once "${urls[$i]}" "${scripts[$i]}" "$duration")
 			[ -n "$line" ] || die "$scenario: wrk gave no result for ${labels[$i]}"
 			printf '%s\t%s\t%s\t%s\n' "$scenario" "${labels[$i]}" "${roles[$i]%-outbox}" "$line" >>"$results"
 			say "$scenario: ${labels[$i]} run $r: $(echo "$line" | "$py" -c 'import json,sys; d=json.load(sys.stdin); print("%.0f req/s, p50 %.2f ms, p99 %.2f ms" % (d["rps"], d["p50_us"]/1000, d["p99_us"]/1000))')"
-			[ "${roles[$i]}" = otpd-outbox ] && drain "$scenario" "${labels[$i]}" "${urls[$i]}"
+			[[ "${roles[$i]}" == *-outbox ]] && drain "$scenario" "${labels[$i]}" "${urls[$i]}"
 		done
 	done
 	return 0
@@ -445,6 +456,58 @@ if has check-pg && [ -n "$pg_port" ]; then
 	# shellcheck disable=SC2046
 	measure check-pg check.lua otpd "$otpd_url" otpd $(legacy_args "$legacy_pg_port")
 	stop_pid "$otpd_pid"
+fi
+
+# make_app NAME VAR=value... : an app (codes reusable, attempts unlimited, custom codes
+# allowed, no resend cooldown) and a key, in the data directory start_otpd NAME will
+# use; sets bench_token.
+make_app() {
+	local name=$1
+	shift
+	local dir="$work/otpd-$name"
+	mkdir -p "$dir"
+	env -i PATH="$PATH" OTPD_DATA_DIR="$dir" OTPD_LOG_LEVEL=warn "$@" "$otpd" app create \
+		--name bench --no-consume --max-attempts 0 --custom-code --resend-cooldown 0 \
+		--max-sends 100 --code-length 5 >"$dir/app.txt" 2>"$dir/app.err" ||
+		die "otpd app create failed: $(cat "$dir/app.err")"
+	local app
+	app=$(sed -n 's/^id: //p' "$dir/app.txt")
+	bench_token=$(env -i PATH="$PATH" OTPD_DATA_DIR="$dir" OTPD_LOG_LEVEL=warn "$@" "$otpd" \
+		key create --app "$app" --json 2>"$dir/key.err" |
+		"$py" -c 'import json, sys; print(json.load(sys.stdin)["token"])') ||
+		die "otpd key create failed: $(cat "$dir/key.err")"
+	export BENCH_TOKEN=$bench_token
+}
+
+# native_scenarios SUFFIX VAR=value... : native-send and native-verify against the same
+# build's compat send and check, on the store the settings name.
+native_scenarios() {
+	local sfx=$1 compat_url
+	shift
+	if has "native-send$sfx"; then
+		make_app "native-send$sfx" "$@"
+		start_otpd "native-send$sfx" DUMMY=false "$@"
+		measure "native-send$sfx" native_send.lua otpd "$otpd_url" otpd-outbox \
+			compat-send "$otpd_url" baseline-outbox@send.lua
+		stop_pid "$otpd_pid"
+	fi
+	if has "native-verify$sfx"; then
+		make_app "native-verify$sfx" "$@"
+		start_otpd "native-verify$sfx" DUMMY=true "$@"
+		say "native-verify$sfx: seeding $BENCH_CHECK_PHONES verifications and codes"
+		"$py" "$root/bench/seed_native.py" "$otpd_url" "$bench_token" "$BENCH_CHECK_PHONES"
+		"$py" "$root/bench/seed.py" "$otpd_url" "$BENCH_CHECK_PHONES"
+		compat_url=$otpd_url
+		measure "native-verify$sfx" native_verify.lua otpd "$otpd_url" otpd \
+			compat-check "$compat_url" baseline@check.lua
+		stop_pid "$otpd_pid"
+	fi
+}
+
+native_scenarios ""
+if [ -n "$pg_port" ]; then
+	# shellcheck disable=SC2046
+	native_scenarios -pg $(pg_env otpd_native)
 fi
 
 echo "load	1-minute load average $load_start at the start, $(cut -d' ' -f1 /proc/loadavg) at the end (other work on the machine skews both sides of a ratio alike only while runs alternate)" >>"$work/machine.tsv"

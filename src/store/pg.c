@@ -71,16 +71,21 @@
 	VF_SELECT "WHERE app_id = $1::text AND target = $2::text AND channel IN ($3::smallint, " \
 	"$4::smallint, $5::smallint, $6::smallint, $7::smallint) AND " LIVE("$8::bigint")     \
 	" ORDER BY id DESC LIMIT $9::bigint"
-#define VF_CANDIDATES_LOOKUP                                                                 \
-	VF_SELECT "WHERE lookup_hash = $3::bytea AND app_id = $1::text AND channel = $2::smallint " \
-	"AND " LIVE("$4::bigint") " ORDER BY id DESC LIMIT 1"
-/* A send's rule with the sends in its window, counted only up to rate + 1 (all
- * otp_limits_decide needs). The window starts at now - minutes * 60, as
- * otp_limit_window_start(). */
-#define SENT_COUNT(col, param)                                                              \
-	"(SELECT count(*) FROM (SELECT 1 FROM otpd_event e WHERE e." col " = " param " AND "      \
-	"e.channel = $2::smallint AND e.app_id = $1::text AND e.type IN (1, 2) AND e.created_at " \
-	">= $5::bigint - r.minutes::bigint * 60 LIMIT r.rate::bigint + 1) t)"
+/* compat's GET /target only (app_id '' spelt out, so its partial index serves a generic
+ * plan; $1 is bound and checked) */
+#define VF_CANDIDATES_LOOKUP                                                                \
+	VF_SELECT "WHERE lookup_hash = $3::bytea AND app_id = '' AND $1::text = '' AND channel = " \
+	"$2::smallint AND " LIVE("$4::bigint") " ORDER BY id DESC LIMIT 1"
+/* A send's rule with the sends in its window - the verifications made in it and the
+ * resends in it - each counted only up to rate + 1 (all otp_limits_decide needs). The
+ * window starts at now - minutes * 60, as otp_limit_window_start(). */
+#define SENT_COUNT(col, param)                                                                \
+	"((SELECT count(*) FROM (SELECT 1 FROM otpd_verification v WHERE v." col " = " param       \
+	" AND v.channel = $2::smallint AND v.app_id = $1::text AND v.created_at >= $5::bigint - "    \
+	"r.minutes::bigint * 60 LIMIT r.rate::bigint + 1) t) + (SELECT count(*) FROM (SELECT 1 "   \
+	"FROM otpd_event e WHERE e.type = 2 AND e." col " = " param " AND e.channel = $2::smallint " \
+	"AND e.app_id = $1::text AND e.created_at >= $5::bigint - r.minutes::bigint * 60 LIMIT "    \
+	"r.rate::bigint + 1) u))"
 #define JOB_DONE(set, type, detail)                                                          \
 	"WITH j AS (UPDATE otpd_outbox SET " set " WHERE id = $1::bigint AND state = 'sending' " \
 	"RETURNING id, code_id, channel), e AS (INSERT INTO otpd_event (verification_id, "        \
@@ -124,7 +129,7 @@ static const char *const sql[SQ_COUNT] = {
 		"$4::text, $3::smallint, $4::text, 0, $5::bytea, $6::bytea, $7::bytea, $8::text, 0, "
 		"$9::integer, 1, $10::integer, $11::integer, $12::integer <> 0, $13::text, $14::text, "
 		"$15::text, $16::text, $17::bigint, $17::bigint, $18::bigint, $17::bigint) "
-		"RETURNING " SB_VF_COLS,
+		"RETURNING id",
 	[SQ_VF_GET] = VF_SELECT "WHERE public_id = $2::text AND app_id = $1::text",
 	[SQ_VF_GET_ANY] = VF_SELECT "WHERE public_id = $1::text",
 	[SQ_VF_CANDIDATES_ID] = VF_CANDIDATES_ID,
@@ -206,18 +211,23 @@ static const char *const sql[SQ_COUNT] = {
 		"v.app_id, v.cur_channel, v.cur_target",
 	[SQ_PURGE_SEALED] = "UPDATE otpd_verification SET sealed_code = NULL WHERE sealed_code IS "
 	                    "NOT NULL AND expire_at <= $1::bigint",
+	/* a verification is also a send that limits count: keep it while it may be inside
+	 * the longest window of its channel */
 	[SQ_PURGE_VERIFICATIONS] =
-		"DELETE FROM otpd_verification WHERE id IN (SELECT id FROM otpd_verification WHERE "
-		"status IN (1, 2, 3, 4, 5) AND expire_at < $1::bigint AND updated_at < $1::bigint "
-		"LIMIT $2::bigint)",
-	/* a send is what limits count: keep it while it may be inside the longest window of
-	 * its channel */
+		"WITH w AS (SELECT app_id, channel, max(minutes)::bigint * 60 AS span FROM otpd_limit "
+		"GROUP BY app_id, channel) DELETE FROM otpd_verification WHERE id IN (SELECT v.id FROM "
+		"otpd_verification v LEFT JOIN w ON w.app_id = v.app_id AND w.channel = v.channel "
+		"WHERE v.status IN (1, 2, 3, 4, 5) AND v.expire_at < $1::bigint AND v.updated_at < "
+		"$1::bigint AND v.created_at < $2::bigint - coalesce(w.span, 0) LIMIT $3::bigint)",
+	/* so is a resend */
 	[SQ_PURGE_EVENTS] =
 		"WITH w AS (SELECT app_id, channel, max(minutes)::bigint * 60 AS span FROM otpd_limit "
-		"GROUP BY app_id, channel) DELETE FROM otpd_event WHERE id IN (SELECT e.id FROM "
-		"otpd_event e LEFT JOIN w ON w.app_id = e.app_id AND w.channel = e.channel WHERE "
-		"e.created_at < $1::bigint AND NOT (e.type IN (1, 2) AND e.created_at >= $2::bigint - "
-		"coalesce(w.span, 0)) LIMIT $3::bigint)",
+		"GROUP BY app_id, channel), b AS (SELECT coalesce((SELECT id FROM otpd_event WHERE "
+		"created_at >= $1::bigint ORDER BY id LIMIT 1), (SELECT max(id) + 1 FROM otpd_event)) "
+		"AS id) DELETE FROM otpd_event WHERE id IN (SELECT e.id FROM otpd_event e LEFT JOIN w "
+		"ON w.app_id = e.app_id AND w.channel = e.channel WHERE e.id < (SELECT id FROM b) AND "
+		"e.created_at < $1::bigint AND NOT (e.type = 2 AND e.created_at >= $2::bigint - "
+		"coalesce(w.span, 0)) ORDER BY e.id LIMIT $3::bigint)",
 	[SQ_PURGE_JOBS] =
 		"DELETE FROM otpd_outbox WHERE id IN (SELECT id FROM otpd_outbox WHERE state IN "
 		"('sent', 'dead', 'skipped') AND updated_at < $1::bigint LIMIT $2::bigint)",

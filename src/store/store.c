@@ -376,6 +376,31 @@ static int start_replay(struct sb_tx *tx, struct start_ctx *x, const struct sb_s
 	return 0;
 }
 
+/* The verification start_txn writes, as store_vf_get would read it back. */
+static void start_row(const struct store_start *q, int64_t id, struct store_verification *v)
+{
+	memset(v, 0, sizeof *v);
+	v->id = id;
+	snprintf(v->public_id, sizeof v->public_id, "%s", q->public_id);
+	snprintf(v->app_id, sizeof v->app_id, "%s", q->app_id);
+	v->channel = v->cur_channel = q->channel;
+	snprintf(v->target, sizeof v->target, "%s", q->target);
+	snprintf(v->cur_target, sizeof v->cur_target, "%s", q->target);
+	v->status = OTP_VS_PENDING;
+	v->max_attempts = q->max_attempts;
+	v->sends = 1;
+	v->max_sends = q->max_sends;
+	v->resend_cooldown = q->resend_cooldown;
+	v->consume = q->consume;
+	v->has_sealed_code = q->sealed_code != NULL;
+	v->created_at = v->updated_at = v->last_sent_at = q->now;
+	v->expire_at = q->expire_at;
+	snprintf(v->ip, sizeof v->ip, "%s", q->ip ? q->ip : "");
+	snprintf(v->lang, sizeof v->lang, "%s", q->lang ? q->lang : "");
+	snprintf(v->sender, sizeof v->sender, "%s", q->sender ? q->sender : "");
+	snprintf(v->fallback, sizeof v->fallback, "%s", q->fallback ? q->fallback : "");
+}
+
 static int start_txn(struct sb_tx *tx, void *arg)
 {
 	struct start_ctx *x = arg;
@@ -464,7 +489,8 @@ static int start_txn(struct sb_tx *tx, void *arg)
 		return rc;
 	if (s2[0].rows != 1 || s2[1].rows != 1)
 		return OTP_ERR_STORE;
-	vf_read(&s2[0], 0, &res->v);
+	/* the row as written, from the request (the insert returns only its id) */
+	start_row(q, sb_int(&s2[0], 0, 0), &res->v);
 	res->job_id = sb_int(&s2[1], 0, 0);
 	return 0;
 }
@@ -662,7 +688,8 @@ int store_vf_check(struct store *s, const struct store_check *q, struct store_ch
 		break;
 	}
 	case STORE_CHECK_LOOKUP:
-		if (!app_ok(q->app_id) || !channel_ok((int)q->channel))
+		/* finding a code by its value alone is compat's GET /target only */
+		if (q->app_id == NULL || q->app_id[0] != '\0' || !channel_ok((int)q->channel))
 			return OTP_ERR_INVALID;
 		break;
 	default:
@@ -1617,6 +1644,7 @@ static int purge_txn(struct sb_tx *tx, void *arg)
 	sb_arg_int(&del[0], p->now);
 	sb_stmt_init(&del[1], SQ_PURGE_VERIFICATIONS);
 	sb_arg_int(&del[1], p->ended_before);
+	sb_arg_int(&del[1], p->now);
 	sb_arg_int(&del[1], p->batch);
 	sb_stmt_init(&del[2], SQ_PURGE_EVENTS);
 	sb_arg_int(&del[2], p->events_before);

@@ -53,7 +53,7 @@ int apps_create(const struct verify_env *env, const char *name, json_t *settings
 		otp_app_settings_fini(&s);
 		return rc;
 	}
-	verify_new_id(env->rng, "app_", out->id, sizeof out->id);
+	verify_new_id(env->rng, env->now(), "app_", out->id, sizeof out->id);
 	snprintf(out->name, sizeof out->name, "%s", name);
 	out->settings = settings_text(&s);
 	otp_app_settings_fini(&s);
@@ -151,7 +151,7 @@ int keys_create(const struct verify_env *env, const char *app_id, bool admin,
 	                     !otp_utf8_valid(name, strlen(name))))
 		return otp_error_set(err, OTP_ERR_INVALID, "invalid_parameter", "name",
 		                     "\"name\" must be at most %d bytes of text", STORE_NAME_MAX - 1);
-	verify_new_id(env->rng, "key_", out->id, sizeof out->id);
+	verify_new_id(env->rng, env->now(), "key_", out->id, sizeof out->id);
 	snprintf(out->app_id, sizeof out->app_id, "%s", admin ? "" : app_id);
 	snprintf(out->format, sizeof out->format, "%s", format);
 	snprintf(out->name, sizeof out->name, "%s", name ? name : "");

@@ -116,8 +116,10 @@ int verify_cancel(const struct verify_env *env, const char *app_id, const char *
 int verify_get(const struct verify_env *env, const char *app_id, const char *public_id,
                struct store_verification *out, struct otp_error *err);
 
-/* "otp_" followed by 32 hex digits from rng, into out (room for 40). */
-void verify_new_id(const struct otp_rng *rng, const char *prefix, char *out, size_t cap);
+/* prefix, then the time `now` (8 hex digits), a counter of this process (6) and 72
+ * random bits from rng (18), into out (room for strlen(prefix) + 33). */
+void verify_new_id(const struct otp_rng *rng, int64_t now, const char *prefix, char *out,
+                   size_t cap);
 
 /* The provider that delivers `channel` now ("dummy" under DUMMY=true). */
 const char *verify_provider(const struct config *cfg, enum otp_channel channel);

@@ -56,15 +56,22 @@ CREATE TABLE otpd_verification (
 	expire_at       bigint    NOT NULL,
 	last_sent_at    bigint    NOT NULL
 );
-CREATE INDEX otpd_verification_target ON otpd_verification (app_id, target, channel, expire_at);
-CREATE INDEX otpd_verification_lookup ON otpd_verification (lookup_hash);
+-- checks by target, GET /password, and the sends per-target limit windows count
+CREATE INDEX otpd_verification_target ON otpd_verification (target, channel, app_id,
+	created_at, expire_at);
+-- per-ip limit windows
+CREATE INDEX otpd_verification_ip ON otpd_verification (ip, channel, app_id, created_at)
+	WHERE ip IS NOT NULL;
+-- GET /target, which only the compat dialect has
+CREATE INDEX otpd_verification_lookup ON otpd_verification (lookup_hash) WHERE app_id = '';
 CREATE INDEX otpd_verification_expire ON otpd_verification (status, expire_at);
 CREATE INDEX otpd_verification_sealed ON otpd_verification (expire_at)
 	WHERE sealed_code IS NOT NULL;
 
 -- Every change of a verification, and refused sends. type: 1 created, 2 resent,
 -- 3 delivered, 4 delivery_failed, 5 check_failed, 6 approved, 7 expired, 8 canceled,
--- 9 max_attempts_reached, 10 refused. Sends (1, 2) are what limit windows count.
+-- 9 max_attempts_reached, 10 refused. A limit window counts the verifications made in
+-- it and the resends (2) in it.
 CREATE TABLE otpd_event (
 	id              bigserial PRIMARY KEY,
 	verification_id bigint,          -- no foreign key: events outlive verifications
@@ -77,12 +84,12 @@ CREATE TABLE otpd_event (
 	detail          text,
 	created_at      bigint    NOT NULL
 );
-CREATE INDEX otpd_event_sends_target ON otpd_event (target, channel, app_id, created_at)
-	WHERE type IN (1, 2);
-CREATE INDEX otpd_event_sends_ip ON otpd_event (ip, channel, app_id, created_at)
-	WHERE type IN (1, 2) AND ip IS NOT NULL;
+CREATE INDEX otpd_event_resent_target ON otpd_event (target, channel, app_id, created_at)
+	WHERE type = 2;
+CREATE INDEX otpd_event_resent_ip ON otpd_event (ip, channel, app_id, created_at)
+	WHERE type = 2 AND ip IS NOT NULL;
 CREATE INDEX otpd_event_verification ON otpd_event (verification_id);
-CREATE INDEX otpd_event_time ON otpd_event (created_at);
+-- No index on created_at: ids grow with time, and the janitor finds the old rows by id.
 
 CREATE TABLE otpd_idem (
 	app_id      text   NOT NULL,
@@ -105,7 +112,8 @@ INSERT INTO otpd_verification (id, public_id, app_id, channel, target, cur_chann
 	cur_target, status, code_hash, lookup_hash, sealed_code, ip, attempts, max_attempts,
 	sends, max_sends, resend_cooldown, consume, created_at, updated_at, expire_at,
 	last_sent_at)
-SELECT c.id, 'otp_' || md5(random()::text || clock_timestamp()::text || c.id::text), '',
+SELECT c.id, 'otp_' || lpad(to_hex(c.created_at), 8, '0') ||
+	substr(md5(random()::text || clock_timestamp()::text || c.id::text), 1, 24), '',
 	c.channel, c.target, c.channel, c.target,
 	CASE WHEN c.void THEN 4 WHEN c.consumed THEN 1 ELSE 0 END,
 	c.code_hash, c.lookup_hash, c.sealed_code, c.ip,
