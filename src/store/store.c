@@ -631,8 +631,10 @@ static int check_txn(struct sb_tx *tx, void *arg)
 		sb_arg_int(up, c->new_status);
 		sb_arg_int(up, q->now);
 		sb_arg_int(up, ends(c->new_status, c->consume) ? 1 : 0);
-		stmt_event(&s2[n2++], v.public_id, v.app_id, c->event, v.channel, v.target, q->ip,
-		           NULL, q->now);
+		/* the text parameters point into s1's cells (alive until the transaction ends),
+		 * not into v, which the next candidate overwrites before the step runs */
+		stmt_event(&s2[n2++], sb_str(&s1, i, 1), sb_str(&s1, i, 2), c->event, v.channel,
+		           sb_str(&s1, i, 4), q->ip, NULL, q->now);
 	}
 	if ((rc = sb_exec(tx, s2, n2, SB_LAST)) != 0)
 		return rc;
