@@ -275,6 +275,20 @@ static int rules_read(const struct sb_stmt *st, struct otp_limit_rule *rules, in
 	return 0;
 }
 
+/* A send without an ip is no ip's send: the ip rules do not apply to it, not even one
+ * of rate 0 (which forbids every send from an ip). */
+static void rules_drop_ip(struct otp_limit_rule *rules, int64_t *counts, size_t *n)
+{
+	size_t k = 0;
+	for (size_t i = 0; i < *n; i++) {
+		if (rules[i].kind == OTP_LIMIT_IP)
+			continue;
+		rules[k] = rules[i];
+		counts[k++] = counts[i];
+	}
+	*n = k;
+}
+
 static void stmt_lock2(struct sb_stmt *st, const char *app, enum otp_channel ch,
                        const char *target, const char *ip)
 {
@@ -414,10 +428,8 @@ static int start_txn(struct sb_tx *tx, void *arg)
 		x->outcome = OUT_IP_REQUIRED;
 		return OTP_ERR_INVALID; /* a bad request: nothing is recorded */
 	}
-	/* a send without an ip matches no ip's window */
-	for (size_t i = 0; i < n; i++)
-		if (rules[i].kind == OTP_LIMIT_IP && q->ip == NULL)
-			counts[i] = 0;
+	if (q->ip == NULL)
+		rules_drop_ip(rules, counts, &n);
 	int refused = otp_limits_decide(rules, counts, n);
 	if (refused >= 0) {
 		res->refused_by = rules[refused];
@@ -758,9 +770,8 @@ static int resend_txn(struct sb_tx *tx, void *arg)
 	bool ip_rules;
 	if ((rc = rules_read(&s1[2], rules, counts, &n, &ip_rules)) != 0)
 		return rc;
-	for (size_t i = 0; i < n; i++)
-		if (rules[i].kind == OTP_LIMIT_IP && q->ip == NULL)
-			counts[i] = 0;
+	if (q->ip == NULL)
+		rules_drop_ip(rules, counts, &n);
 	int refused = otp_limits_decide(rules, counts, n);
 	if (refused >= 0) {
 		res->refused_by = rules[refused];
