@@ -100,17 +100,23 @@ void sb_arg_int(struct sb_stmt *st, int64_t v)
 void sb_arg_text(struct sb_stmt *st, const char *s)
 {
 	struct sb_val *a = next_arg(st);
-	if (a != NULL)
-		*a = s == NULL ? (struct sb_val){.t = SB_NULL}
-		               : (struct sb_val){.t = SB_TEXT, .p = s, .len = strlen(s)};
+	if (a == NULL)
+		return;
+	if (s == NULL)
+		*a = (struct sb_val){.t = SB_NULL};
+	else
+		*a = (struct sb_val){.t = SB_TEXT, .p = s, .len = strlen(s)};
 }
 
 void sb_arg_blob(struct sb_stmt *st, const void *p, size_t len)
 {
 	struct sb_val *a = next_arg(st);
-	if (a != NULL)
-		*a = p == NULL ? (struct sb_val){.t = SB_NULL}
-		               : (struct sb_val){.t = SB_BLOB, .p = p, .len = len};
+	if (a == NULL)
+		return;
+	if (p == NULL)
+		*a = (struct sb_val){.t = SB_NULL};
+	else
+		*a = (struct sb_val){.t = SB_BLOB, .p = p, .len = len};
 }
 
 static const struct sb_val *cell(const struct sb_stmt *st, size_t row, size_t col)
