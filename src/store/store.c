@@ -100,17 +100,23 @@ void sb_arg_int(struct sb_stmt *st, int64_t v)
 void sb_arg_text(struct sb_stmt *st, const char *s)
 {
 	struct sb_val *a = next_arg(st);
-	if (a != NULL)
-		*a = s == NULL ? (struct sb_val){.t = SB_NULL}
-		               : (struct sb_val){.t = SB_TEXT, .p = s, .len = strlen(s)};
+	if (a == NULL)
+		return;
+	if (s == NULL)
+		*a = (struct sb_val){.t = SB_NULL};
+	else
+		*a = (struct sb_val){.t = SB_TEXT, .p = s, .len = strlen(s)};
 }
 
 void sb_arg_blob(struct sb_stmt *st, const void *p, size_t len)
 {
 	struct sb_val *a = next_arg(st);
-	if (a != NULL)
-		*a = p == NULL ? (struct sb_val){.t = SB_NULL}
-		               : (struct sb_val){.t = SB_BLOB, .p = p, .len = len};
+	if (a == NULL)
+		return;
+	if (p == NULL)
+		*a = (struct sb_val){.t = SB_NULL};
+	else
+		*a = (struct sb_val){.t = SB_BLOB, .p = p, .len = len};
 }
 
 static const struct sb_val *cell(const struct sb_stmt *st, size_t row, size_t col)
@@ -273,6 +279,20 @@ static int rules_read(const struct sb_stmt *st, struct otp_limit_rule *rules, in
 	}
 	*n = st->rows;
 	return 0;
+}
+
+/* A send without an ip is no ip's send: the ip rules do not apply to it, not even one
+ * of rate 0 (which forbids every send from an ip). */
+static void rules_drop_ip(struct otp_limit_rule *rules, int64_t *counts, size_t *n)
+{
+	size_t k = 0;
+	for (size_t i = 0; i < *n; i++) {
+		if (rules[i].kind == OTP_LIMIT_IP)
+			continue;
+		rules[k] = rules[i];
+		counts[k++] = counts[i];
+	}
+	*n = k;
 }
 
 static void stmt_lock2(struct sb_stmt *st, const char *app, enum otp_channel ch,
@@ -439,10 +459,8 @@ static int start_txn(struct sb_tx *tx, void *arg)
 		x->outcome = OUT_IP_REQUIRED;
 		return OTP_ERR_INVALID; /* a bad request: nothing is recorded */
 	}
-	/* a send without an ip matches no ip's window */
-	for (size_t i = 0; i < n; i++)
-		if (rules[i].kind == OTP_LIMIT_IP && q->ip == NULL)
-			counts[i] = 0;
+	if (q->ip == NULL)
+		rules_drop_ip(rules, counts, &n);
 	int refused = otp_limits_decide(rules, counts, n);
 	if (refused >= 0) {
 		res->refused_by = rules[refused];
@@ -657,8 +675,10 @@ static int check_txn(struct sb_tx *tx, void *arg)
 		sb_arg_int(up, c->new_status);
 		sb_arg_int(up, q->now);
 		sb_arg_int(up, ends(c->new_status, c->consume) ? 1 : 0);
-		stmt_event(&s2[n2++], v.public_id, v.app_id, c->event, v.channel, v.target, q->ip,
-		           NULL, q->now);
+		/* the text parameters point into s1's cells (alive until the transaction ends),
+		 * not into v, which the next candidate overwrites before the step runs */
+		stmt_event(&s2[n2++], sb_str(&s1, i, 1), sb_str(&s1, i, 2), c->event, v.channel,
+		           sb_str(&s1, i, 4), q->ip, NULL, q->now);
 	}
 	if ((rc = sb_exec(tx, s2, n2, SB_LAST)) != 0)
 		return rc;
@@ -783,9 +803,8 @@ static int resend_txn(struct sb_tx *tx, void *arg)
 	bool ip_rules;
 	if ((rc = rules_read(&s1[2], rules, counts, &n, &ip_rules)) != 0)
 		return rc;
-	for (size_t i = 0; i < n; i++)
-		if (rules[i].kind == OTP_LIMIT_IP && q->ip == NULL)
-			counts[i] = 0;
+	if (q->ip == NULL)
+		rules_drop_ip(rules, counts, &n);
 	int refused = otp_limits_decide(rules, counts, n);
 	if (refused >= 0) {
 		res->refused_by = rules[refused];

@@ -2,9 +2,11 @@
  * test_pg.c - what only the PostgreSQL backend must do, against a real server (skipped
  * unless OTPD_TEST_PG_HOST is set; scripts/pg-test-server.sh starts one): migrations
  * into a quoted non-public schema, several otpd opening at once, creating the database
- * with PG_REAL_HOST, exact limits and attempt counts when two store handles (as two
- * processes would) race, outbox claims never handed out twice, reconnecting after the
- * server dropped the connections or went away, and the legacy import.
+ * with PG_REAL_HOST, refusing a schema it does not know, exact limits and attempt counts
+ * when two store handles (as two processes would) race, outbox claims never handed out
+ * twice, reconnecting after the server dropped the connections or went away without
+ * losing a request it answered, the 0002 -> 0003 migration of the previous schema's rows,
+ * and the legacy import (into PostgreSQL and into SQLite).
  * The backend-independent contract is tests/unit/test_store.c. Every test works in
  * schemas of its own, named with the pid, and drops them.
  */
@@ -21,21 +23,28 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <libpq-fe.h>
 
 #include "core/num.h"
 #include "core/otp.h"
+#include "core/verification.h"
 #include "store/legacy.h"
 #include "store/migrations.h"
 #include "store/store.h"
 
 #define NOW INT64_C(1700000000)
+#define SMS OTP_CH_SMS
+#define EMAIL OTP_CH_EMAIL
+#define CALL OTP_CH_CALL
+#define BIT(ch) OTP_CH_BIT(ch)
 
 struct pg_env {
 	const char *host, *user, *database, *password;
@@ -45,6 +54,8 @@ struct pg_env {
 static struct pg_env env;
 static bool have_pg;
 static int name_seq;
+static atomic_uint id_seq; /* racing threads send too */
+static struct otp_key key;
 
 static int group_setup(void **state)
 {
@@ -64,6 +75,16 @@ static int group_setup(void **state)
 	if (env.database == NULL || env.database[0] == '\0')
 		env.database = "otpd_test";
 	have_pg = env.host != NULL && env.host[0] != '\0';
+	uint8_t master[OTP_KEY_LEN];
+	for (size_t i = 0; i < sizeof master; i++)
+		master[i] = (uint8_t)(i * 7 + 1);
+	return otp_key_init(&key, master) == 0 ? 0 : -1;
+}
+
+static int group_teardown(void **state)
+{
+	(void)state;
+	otp_key_wipe(&key);
 	return 0;
 }
 
@@ -159,7 +180,7 @@ static struct store *open_cfg(const struct store_pg_config *cfg)
 	struct store *s = store_pg_open(cfg, err, sizeof err);
 	if (s == NULL)
 		fail_msg("store_pg_open: %s", err);
-	assert_string_equal(s->ops->name, "postgresql");
+	assert_string_equal(store_name(s), "postgresql");
 	return s;
 }
 
@@ -171,46 +192,93 @@ static struct store *open_store(const char *schema, int pool)
 
 static const uint8_t payload[] = "sealed";
 
+/* Start a compat verification of `code` (5 attempts); its public id into id (may be
+ * NULL). */
 static int send_code(struct store *s, enum otp_channel ch, const char *target, const char *ip,
-                     uint8_t tag, int64_t now)
+                     const char *code, int64_t now, char *id)
 {
-	struct store_send q;
-	struct store_send_result res;
+	struct store_start q;
+	struct store_start_result res;
+	char public_id[STORE_ID_MAX];
 	memset(&q, 0, sizeof q);
+	snprintf(public_id, sizeof public_id, "otp_pg%d_%u", (int)getpid(),
+	         atomic_fetch_add(&id_seq, 1) + 1);
+	q.app_id = "";
+	q.public_id = public_id;
 	q.channel = ch;
 	q.target = target;
 	q.ip = ip;
-	memset(q.code_hash, tag, sizeof q.code_hash);
-	memset(q.lookup_hash, tag ^ 0x5a, sizeof q.lookup_hash);
+	otp_code_hash(&key, ch, target, code, q.code_hash);
+	otp_lookup_hash(&key, ch, code, q.lookup_hash);
+	q.max_attempts = 5;
+	q.max_sends = 1;
 	q.now = now;
 	q.expire_at = now + 300;
 	q.provider = "log";
 	q.payload = payload;
 	q.payload_len = sizeof payload;
 	q.request_id = "test";
-	return store_send(s, &q, &res);
+	int rc = store_vf_start(s, &q, &res);
+	if (id != NULL)
+		snprintf(id, STORE_ID_MAX, "%s", public_id);
+	return rc;
 }
 
-static int check_code(struct store *s, enum otp_channel ch, const char *target, uint8_t tag,
-                      int max_failures, bool *ok)
+/* A compat check by target over `mask`; *v (may be NULL) gets the result's verification. */
+static int check_code(struct store *s, unsigned mask, const char *target, const char *code,
+                      int64_t now, bool *ok, struct store_verification *v)
 {
-	struct store_check q;
-	memset(&q, 0, sizeof q);
-	q.channel = ch;
-	q.channel_mask = OTP_CH_BIT(ch);
-	q.target = target;
-	memset(q.presented[ch], tag, OTP_HASH_LEN);
-	q.now = NOW + 10;
-	q.max_failures = max_failures;
-	return store_check(s, &q, ok);
+	struct store_check q = {.by = STORE_CHECK_TARGET, .app_id = "", .target = target,
+	                        .channel_mask = mask, .key = &key, .code = code, .now = now};
+	struct store_check_result res;
+	int rc = store_vf_check(s, &q, &res);
+	*ok = res.ok;
+	if (v != NULL)
+		*v = res.v;
+	return rc;
+}
+
+static bool checks(struct store *s, unsigned mask, const char *target, const char *code,
+                   int64_t now)
+{
+	bool ok = false;
+	int rc = check_code(s, mask, target, code, now, &ok, NULL);
+	if (rc != 0)
+		fail_msg("check %s: %s", target, otp_err_name(rc));
+	return ok;
 }
 
 static void set_rule(struct store *s, enum otp_channel ch, enum otp_limit_kind kind, int rate,
                      int minutes)
 {
-	bool replace[2] = {true, true};
+	static const bool both[2] = {true, true};
 	struct otp_limit_rule r = {.kind = kind, .rate = rate, .minutes = minutes};
-	assert_int_equal(store_set_limits(s, ch, replace, &r, 1), 0);
+	assert_int_equal(store_rules_replace(s, "", ch, both, &r, 1), 0);
+}
+
+/* The one verification of (app "", channel, target). */
+static struct store_verification find_one(struct store *s, int ch, const char *target)
+{
+	struct store_vf_filter f = {.app_id = "", .target = target, .channel = ch, .status = -1,
+	                            .limit = 4};
+	struct store_verification rows[4];
+	size_t n = 0;
+	assert_int_equal(store_vf_list(s, &f, rows, &n), 0);
+	if (n != 1)
+		fail_msg("%zu verifications of %d/%s", n, ch, target);
+	return rows[0];
+}
+
+static size_t event_count(struct store *s, const char *public_id, int type)
+{
+	struct store_event_filter f = {.public_id = public_id, .channel = -1, .type = type,
+	                               .limit = STORE_LIST_MAX};
+	struct store_event *rows = calloc(STORE_LIST_MAX, sizeof *rows);
+	assert_non_null(rows);
+	size_t n = 0;
+	assert_int_equal(store_events_list(s, &f, rows, &n), 0);
+	free(rows);
+	return n;
 }
 
 /* ---- schema and start-up ---------------------------------------------------------- */
@@ -228,22 +296,24 @@ static void test_quoted_schema(void **state)
 	snprintf(sql, sizeof sql, "SELECT count(*) FROM %s.otpd_schema_migrations", q);
 	assert_int_equal(admin_int(c, sql), (int64_t)store_pg_migrations_count);
 
-	/* the operations land in that schema */
-	assert_int_equal(send_code(s, OTP_CH_SMS, "77010000001", "10.0.0.1", 1, NOW), 0);
-	bool ok = false;
-	assert_int_equal(check_code(s, OTP_CH_SMS, "77010000001", 1, 5, &ok), 0);
-	assert_true(ok);
-	snprintf(sql, sizeof sql, "SELECT count(*) FROM %s.otpd_code", q);
+	/* the operations land in that schema, and nowhere else */
+	assert_int_equal(send_code(s, SMS, "77010000001", "10.0.0.1", "1111", NOW, NULL), 0);
+	assert_true(checks(s, BIT(SMS), "77010000001", "1111", NOW + 1));
+	snprintf(sql, sizeof sql, "SELECT count(*) FROM %s.otpd_verification", q);
 	assert_int_equal(admin_int(c, sql), 1);
 	snprintf(sql, sizeof sql, "SELECT count(*) FROM %s.otpd_outbox WHERE state = 'pending'", q);
 	assert_int_equal(admin_int(c, sql), 1);
+	snprintf(sql, sizeof sql, "SELECT count(*) FROM %s.otpd_event", q);
+	assert_int_equal(admin_int(c, sql), 2);
+	assert_int_equal(admin_int(c, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public' "
+	                              "AND tablename LIKE 'otpd%'"), 0);
 
-	/* opening again applies nothing twice */
+	/* opening again applies nothing twice and finds the data */
 	struct store *s2 = open_store(schema, 1);
 	snprintf(sql, sizeof sql, "SELECT count(*) FROM %s.otpd_schema_migrations", q);
 	assert_int_equal(admin_int(c, sql), (int64_t)store_pg_migrations_count);
-	assert_int_equal(check_code(s2, OTP_CH_SMS, "77010000001", 1, 5, &ok), 0);
-	assert_true(ok);
+	assert_int_equal(send_code(s2, SMS, "77010000002", NULL, "2222", NOW, NULL), 0);
+	assert_true(checks(s, BIT(SMS), "77010000002", "2222", NOW + 1));
 
 	store_close(s2);
 	store_close(s);
@@ -292,12 +362,17 @@ static void test_concurrent_open(void **state)
 		if (args[i].s == NULL)
 			fail_msg("open %d: %s", i, args[i].err);
 		assert_int_equal(store_ping(args[i].s), 0);
+		assert_int_equal(send_code(args[i].s, SMS, "77010000001", NULL, "1234", NOW, NULL), 0);
 		store_close(args[i].s);
 	}
 	PGconn *c = admin_connect(NULL);
 	quote_ident(c, schema, q, sizeof q);
 	snprintf(sql, sizeof sql, "SELECT count(*) FROM %s.otpd_schema_migrations", q);
 	assert_int_equal(admin_int(c, sql), (int64_t)store_pg_migrations_count);
+	snprintf(sql, sizeof sql, "SELECT count(DISTINCT version) FROM %s.otpd_schema_migrations", q);
+	assert_int_equal(admin_int(c, sql), (int64_t)store_pg_migrations_count);
+	snprintf(sql, sizeof sql, "SELECT count(*) FROM %s.otpd_verification", q);
+	assert_int_equal(admin_int(c, sql), N);
 	PQfinish(c);
 	drop_schema(schema);
 }
@@ -313,15 +388,16 @@ static void test_real_host_creates_database(void **state)
 	cfg.database = db;
 	cfg.real_host = env.host;
 	struct store *s = open_cfg(&cfg);
-	assert_int_equal(send_code(s, OTP_CH_EMAIL, "a@example.com", NULL, 3, NOW), 0);
+	assert_int_equal(send_code(s, EMAIL, "a@example.com", NULL, "3333", NOW, NULL), 0);
 	store_close(s);
 
 	/* a second start finds both */
 	s = open_cfg(&cfg);
+	assert_true(checks(s, BIT(EMAIL), "a@example.com", "3333", NOW + 1));
 	store_close(s);
 
 	PGconn *c = admin_connect(db);
-	assert_int_equal(admin_int(c, "SELECT count(*) FROM \"Fresh Schema\".otpd_code"), 1);
+	assert_int_equal(admin_int(c, "SELECT count(*) FROM \"Fresh Schema\".otpd_verification"), 1);
 	PQfinish(c);
 	c = admin_connect("postgres");
 	snprintf(sql, sizeof sql, "DROP DATABASE %s WITH (FORCE)", db);
@@ -342,6 +418,59 @@ static void test_open_fails_with_reason(void **state)
 	assert_non_null(strstr(err, "otpd_no_such_database"));
 	if (env.password != NULL && env.password[0] != '\0')
 		assert_null(strstr(err, env.password));
+	/* and a bad configuration says what is wrong */
+	cfg = config("x", 0);
+	err[0] = '\0';
+	assert_null(store_pg_open(&cfg, err, sizeof err));
+	assert_non_null(strstr(err, "pool"));
+	cfg = config("x", 1);
+	cfg.database = NULL;
+	err[0] = '\0';
+	assert_null(store_pg_open(&cfg, err, sizeof err));
+	assert_true(strlen(err) > 0);
+}
+
+/* A schema newer than this otpd, or one whose last migration is recorded under another
+ * name, is refused at open with a reason (PostgreSQL did not check the names before). */
+static void test_refuses_unknown_schema(void **state)
+{
+	(void)state;
+	NEED_PG();
+	char schema[64], q[160], sql[512], err[512];
+	unique_name(schema, sizeof schema, "otpd refuse");
+	struct store *s = open_store(schema, 1);
+	store_close(s);
+	PGconn *c = admin_connect(NULL);
+	quote_ident(c, schema, q, sizeof q);
+	struct store_pg_config cfg = config(schema, 1);
+
+	snprintf(sql, sizeof sql, "INSERT INTO %s.otpd_schema_migrations (version, name) VALUES "
+	         "(%zu, '9999_future.sql')", q, store_pg_migrations_count + 1);
+	admin_exec(c, sql);
+	err[0] = '\0';
+	assert_null(store_pg_open(&cfg, err, sizeof err));
+	assert_non_null(strstr(err, "newer"));
+	snprintf(sql, sizeof sql, "DELETE FROM %s.otpd_schema_migrations WHERE version = %zu", q,
+	         store_pg_migrations_count + 1);
+	admin_exec(c, sql);
+
+	snprintf(sql, sizeof sql, "UPDATE %s.otpd_schema_migrations SET name = "
+	         "'0003_someone_elses.sql' WHERE version = %zu", q, store_pg_migrations_count);
+	admin_exec(c, sql);
+	err[0] = '\0';
+	assert_null(store_pg_open(&cfg, err, sizeof err));
+	assert_non_null(strstr(err, "0003_someone_elses.sql"));
+	assert_non_null(strstr(err, store_pg_migrations[store_pg_migrations_count - 1].name));
+
+	/* put back, it opens again */
+	snprintf(sql, sizeof sql, "UPDATE %s.otpd_schema_migrations SET name = '%s' WHERE "
+	         "version = %zu", q, store_pg_migrations[store_pg_migrations_count - 1].name,
+	         store_pg_migrations_count);
+	admin_exec(c, sql);
+	s = open_cfg(&cfg);
+	store_close(s);
+	PQfinish(c);
+	drop_schema(schema);
 }
 
 /* ---- races between two handles --------------------------------------------------- */
@@ -366,21 +495,22 @@ static void *race_thread(void *p)
 	pthread_barrier_wait(r->go);
 	for (int i = 0; i < r->rounds; i++) {
 		int rc = 0;
-		char target[64];
+		char text[64];
 		switch (r->what) {
 		case RACE_SEND_TARGET:
 			/* one target, many ips */
-			snprintf(target, sizeof target, "10.%d.0.%d", r->index, i);
-			rc = send_code(r->s, OTP_CH_SMS, r->target, target, (uint8_t)i, NOW);
+			snprintf(text, sizeof text, "10.%d.0.%d", r->index, i);
+			rc = send_code(r->s, SMS, r->target, text, "1234", NOW, NULL);
 			break;
 		case RACE_SEND_IP:
 			/* one ip, many targets */
-			snprintf(target, sizeof target, "7701%02d%05d", r->index, i);
-			rc = send_code(r->s, OTP_CH_SMS, target, "192.0.2.7", (uint8_t)i, NOW);
+			snprintf(text, sizeof text, "7701%02d%05d", r->index, i);
+			rc = send_code(r->s, SMS, text, "192.0.2.7", "1234", NOW, NULL);
 			break;
 		case RACE_CHECK_WRONG: {
 			bool ok = true;
-			rc = check_code(r->s, OTP_CH_SMS, r->target, 0xee, 5, &ok);
+			snprintf(text, sizeof text, "w%d", r->index * 100 + i);
+			rc = check_code(r->s, BIT(SMS), r->target, text, NOW + 10, &ok, NULL);
 			if (rc == 0 && ok)
 				rc = OTP_ERR_INTERNAL; /* a wrong code never passes */
 			break;
@@ -448,18 +578,21 @@ static void test_race_sends(void **state)
 	struct race rs[8], total;
 
 	/* rate 5 per target: 4 threads x 6 sends to one target from different ips */
-	set_rule(a, OTP_CH_SMS, OTP_LIMIT_TARGET, 5, 10);
+	set_rule(a, SMS, OTP_LIMIT_TARGET, 5, 10);
 	race_run(a, b, 4, RACE_SEND_TARGET, "77015550000", 6, rs, &total);
 	assert_int_equal(total.failed, 0);
 	assert_int_equal(total.ok, 5);
 	assert_int_equal(total.refused, 19);
 
 	/* rate 5 per ip: 4 threads x 6 sends from one ip to different targets */
-	set_rule(b, OTP_CH_SMS, OTP_LIMIT_IP, 5, 10);
+	set_rule(b, SMS, OTP_LIMIT_IP, 5, 10);
 	race_run(a, b, 4, RACE_SEND_IP, NULL, 6, rs, &total);
 	assert_int_equal(total.failed, 0);
 	assert_int_equal(total.ok, 5);
 	assert_int_equal(total.refused, 19);
+	struct store_outbox_counts oc;
+	assert_int_equal(store_outbox_counts(a, &oc), 0);
+	assert_int_equal(oc.pending, 10);
 
 	store_close(a);
 	store_close(b);
@@ -470,38 +603,38 @@ static void test_race_checks(void **state)
 {
 	(void)state;
 	NEED_PG();
-	char schema[64], q[160], sql[512];
+	char schema[64];
 	unique_name(schema, sizeof schema, "otpd race check");
 	struct store *a = open_store(schema, 3);
 	struct store *b = open_store(schema, 3);
 	struct race rs[8], total;
-	bool ok = false;
 
-	/* 4 racing wrong checks with a limit of 5: the right code still passes */
-	assert_int_equal(send_code(a, OTP_CH_SMS, "77016660001", NULL, 0x11, NOW), 0);
+	/* 4 racing wrong checks with a budget of 5: the right code still passes */
+	assert_int_equal(send_code(a, SMS, "77016660001", NULL, "1111", NOW, NULL), 0);
 	race_run(a, b, 4, RACE_CHECK_WRONG, "77016660001", 1, rs, &total);
 	assert_int_equal(total.ok, 4);
-	assert_int_equal(check_code(b, OTP_CH_SMS, "77016660001", 0x11, 5, &ok), 0);
-	assert_true(ok);
+	assert_true(checks(b, BIT(SMS), "77016660001", "1111", NOW + 11));
 
 	/* 5 racing wrong checks: the code is dead, even for the right value */
-	assert_int_equal(send_code(a, OTP_CH_SMS, "77016660002", NULL, 0x22, NOW), 0);
+	char id[STORE_ID_MAX];
+	assert_int_equal(send_code(a, SMS, "77016660002", NULL, "2222", NOW, id), 0);
 	race_run(a, b, 5, RACE_CHECK_WRONG, "77016660002", 1, rs, &total);
 	assert_int_equal(total.ok, 5);
-	assert_int_equal(check_code(a, OTP_CH_SMS, "77016660002", 0x22, 5, &ok), 0);
-	assert_false(ok);
+	assert_false(checks(a, BIT(SMS), "77016660002", "2222", NOW + 11));
+	struct store_verification v;
+	assert_int_equal(store_vf_get(a, "", id, &v), 0);
+	assert_int_equal(v.attempts, 5);
+	assert_int_equal(v.status, OTP_VS_MAX_ATTEMPTS);
 
-	/* 4 threads x 3 = 12 wrong checks: two lock-outs, and 2 counted since the last;
-	 * a lost update would leave fewer */
-	assert_int_equal(send_code(a, OTP_CH_SMS, "77016660003", NULL, 0x33, NOW), 0);
-	race_run(a, b, 4, RACE_CHECK_WRONG, "77016660003", 3, rs, &total);
-	assert_int_equal(total.ok, 12);
-	PGconn *c = admin_connect(NULL);
-	quote_ident(c, schema, q, sizeof q);
-	snprintf(sql, sizeof sql, "SELECT failures FROM %s.otpd_attempt "
-	         "WHERE channel = 0 AND target = '77016660003'", q);
-	assert_int_equal(admin_int(c, sql), 2);
-	PQfinish(c);
+	/* 8 threads x 2 = 16 wrong checks on a budget of 5: exactly 5 are counted, the
+	 * others find no live code */
+	assert_int_equal(send_code(a, SMS, "77016660003", NULL, "3333", NOW, id), 0);
+	race_run(a, b, 8, RACE_CHECK_WRONG, "77016660003", 2, rs, &total);
+	assert_int_equal(total.ok, 16);
+	assert_int_equal(store_vf_get(b, "", id, &v), 0);
+	assert_int_equal(v.attempts, 5);
+	assert_int_equal(event_count(a, id, OTP_EV_CHECK_FAILED), 4);
+	assert_int_equal(event_count(a, id, OTP_EV_MAX_ATTEMPTS), 1);
 
 	store_close(a);
 	store_close(b);
@@ -526,12 +659,12 @@ static void test_race_claims(void **state)
 	struct store *b = open_store(schema, 4);
 	for (int i = 0; i < JOBS; i++) {
 		snprintf(target, sizeof target, "7701777%04d", i);
-		assert_int_equal(send_code(a, OTP_CH_SMS, target, NULL, (uint8_t)i, NOW), 0);
+		assert_int_equal(send_code(a, SMS, target, NULL, "1234", NOW, NULL), 0);
 	}
 	struct race rs[8], total;
 	race_run(a, b, 6, RACE_CLAIM, NULL, 8, rs, &total);
 	assert_int_equal(total.failed, 0);
-	int64_t all[JOBS + 8 * 256] = {0};
+	int64_t all[8 * 256] = {0};
 	int n = 0;
 	for (int i = 0; i < 6; i++) {
 		for (int j = 0; j < rs[i].n_claimed; j++)
@@ -561,35 +694,60 @@ static void test_race_claims(void **state)
 
 /* ---- reconnecting ----------------------------------------------------------------- */
 
+/* Every public id in ids[0..n) has a verification in the store at `schema`. */
+static void assert_all_stored(const char *schema, char (*ids)[STORE_ID_MAX], int n)
+{
+	struct store *s = open_store(schema, 1);
+	for (int i = 0; i < n; i++) {
+		struct store_verification v;
+		int rc = store_vf_get(s, "", ids[i], &v);
+		if (rc != 0)
+			fail_msg("%s was answered 0 but is %s", ids[i], otp_err_name(rc));
+	}
+	store_close(s);
+}
+
 /* After the server terminated the pool's connections, the next operation may fail with
- * OTP_ERR_STORE (or succeed after reconnecting); the one after succeeds. */
+ * OTP_ERR_STORE (or succeed after reconnecting); the one after succeeds, and every send
+ * answered 0 is stored. */
 static void test_reconnect_after_terminate(void **state)
 {
 	(void)state;
 	NEED_PG();
+	enum { ROUNDS = 3, PER_ROUND = 3 };
 	char schema[64], app[64], sql[256];
+	char ok_ids[ROUNDS * PER_ROUND + 1][STORE_ID_MAX];
+	int n_ok = 0;
 	unique_name(schema, sizeof schema, "otpd reconnect");
 	snprintf(app, sizeof app, "otpd-test-reconnect-%d", (int)getpid());
 	assert_int_equal(setenv("PGAPPNAME", app, 1), 0);
 	struct store *s = open_store(schema, 2);
-	assert_int_equal(send_code(s, OTP_CH_SMS, "77018880001", NULL, 1, NOW), 0);
+	assert_int_equal(send_code(s, SMS, "77018880001", NULL, "1111", NOW, ok_ids[n_ok++]), 0);
 
 	PGconn *c = admin_connect(NULL);
 	snprintf(sql, sizeof sql, "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
 	         "WHERE application_name = '%s'", app);
-	for (int round = 0; round < 3; round++) {
+	for (int round = 0; round < ROUNDS; round++) {
 		assert_true(admin_int(c, sql) >= 1);
-		int rc = send_code(s, OTP_CH_SMS, "77018880001", NULL, 2, NOW);
-		assert_true(rc == 0 || rc == OTP_ERR_STORE);
-		assert_int_equal(send_code(s, OTP_CH_SMS, "77018880001", NULL, 3, NOW), 0);
-		bool ok = false;
-		assert_int_equal(check_code(s, OTP_CH_SMS, "77018880001", 3, 5, &ok), 0);
-		assert_true(ok);
+		for (int i = 0; i < PER_ROUND; i++) {
+			char id[STORE_ID_MAX];
+			char target[32];
+			snprintf(target, sizeof target, "770188800%d%d", round, i);
+			int rc = send_code(s, SMS, target, NULL, "2222", NOW, id);
+			if (i == 0)
+				assert_true(rc == 0 || rc == OTP_ERR_STORE);
+			else
+				assert_int_equal(rc, 0);
+			if (rc == 0)
+				snprintf(ok_ids[n_ok++], STORE_ID_MAX, "%s", id);
+		}
+		assert_false(checks(s, BIT(SMS), "77018880001", "0000", NOW + 1));
 		assert_int_equal(store_ping(s), 0);
 	}
 	PQfinish(c);
 	store_close(s);
 	unsetenv("PGAPPNAME");
+	assert_all_stored(schema, ok_ids, n_ok);
 	drop_schema(schema);
 }
 
@@ -714,6 +872,60 @@ static void proxy_stop(struct proxy *p)
 	close(p->wake[1]);
 }
 
+/* A thread that keeps sending through one store and remembers what was answered 0. */
+struct sender {
+	struct store *s;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;       /* a send was answered */
+	bool stop;
+	int ok, failed, other;
+	char (*ids)[STORE_ID_MAX];
+	int cap;
+};
+
+static void *sender_main(void *arg)
+{
+	struct sender *x = arg;
+	for (int i = 0;; i++) {
+		pthread_mutex_lock(&x->mu);
+		bool stop = x->stop || x->ok >= x->cap;
+		pthread_mutex_unlock(&x->mu);
+		if (stop)
+			return NULL;
+		char id[STORE_ID_MAX], target[32];
+		snprintf(target, sizeof target, "7701%07d", i);
+		int rc = send_code(x->s, SMS, target, NULL, "1234", NOW, id);
+		pthread_mutex_lock(&x->mu);
+		if (rc == 0)
+			snprintf(x->ids[x->ok++], STORE_ID_MAX, "%s", id);
+		else if (rc == OTP_ERR_STORE)
+			x->failed++;
+		else
+			x->other++;
+		pthread_cond_broadcast(&x->cv);
+		pthread_mutex_unlock(&x->mu);
+	}
+}
+
+/* Wait (at most 30 s) until the sender has *counter >= want. */
+static void sender_wait(struct sender *x, const int *counter, int want)
+{
+	struct timespec until;
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += 30;
+	pthread_mutex_lock(&x->mu);
+	int rc = 0;
+	while (*counter < want && rc == 0)
+		rc = pthread_cond_timedwait(&x->cv, &x->mu, &until);
+	bool reached = *counter >= want;
+	pthread_mutex_unlock(&x->mu);
+	if (!reached)
+		fail_msg("the sender did not get there (%d of %d)", *counter, want);
+}
+
+/* The server goes away under a steady stream of sends and comes back on the same
+ * address: sends fail with OTP_ERR_STORE meanwhile, none answered 0 is lost, and the
+ * store reconnects by itself. */
 static void test_reconnect_after_restart(void **state)
 {
 	(void)state;
@@ -725,63 +937,231 @@ static void test_reconnect_after_restart(void **state)
 	struct store_pg_config cfg = config(schema, 2);
 	cfg.port = p.port;
 	struct store *s = open_cfg(&cfg);
-	assert_int_equal(send_code(s, OTP_CH_SMS, "77019990001", NULL, 1, NOW), 0);
 
-	/* the server is gone: operations fail with OTP_ERR_STORE, quickly, and nothing
-	 * crashes */
+	struct sender x = {.s = s, .cap = 4096};
+	x.ids = calloc((size_t)x.cap, sizeof *x.ids);
+	assert_non_null(x.ids);
+	pthread_mutex_init(&x.mu, NULL);
+	pthread_cond_init(&x.cv, NULL);
+	pthread_t th;
+	assert_int_equal(pthread_create(&th, NULL, sender_main, &x), 0);
+	sender_wait(&x, &x.ok, 5);
+
+	/* the server is gone: operations fail with OTP_ERR_STORE, quickly */
 	proxy_stop(&p);
-	assert_int_equal(send_code(s, OTP_CH_SMS, "77019990001", NULL, 2, NOW), OTP_ERR_STORE);
+	sender_wait(&x, &x.failed, 3);
 	assert_int_equal(store_ping(s), OTP_ERR_STORE);
 	bool ok = true;
-	assert_int_equal(check_code(s, OTP_CH_SMS, "77019990001", 1, 5, &ok), OTP_ERR_STORE);
+	assert_int_equal(check_code(s, BIT(SMS), "77010000000", "1234", NOW + 1, &ok, NULL),
+	                 OTP_ERR_STORE);
 	assert_false(ok);
 	struct store_limits lim;
-	assert_int_equal(store_get_limits(s, OTP_CH_SMS, &lim), OTP_ERR_STORE);
+	assert_int_equal(store_rules_get(s, "", SMS, &lim), OTP_ERR_STORE);
 
 	/* it is back on the same address: the next operations reconnect */
 	proxy_start(&p);
+	pthread_mutex_lock(&x.mu);
+	int before = x.ok;
+	pthread_mutex_unlock(&x.mu);
+	sender_wait(&x, &x.ok, before + 5);
+	pthread_mutex_lock(&x.mu);
+	x.stop = true;
+	pthread_mutex_unlock(&x.mu);
+	pthread_join(th, NULL);
+	assert_int_equal(x.other, 0);
 	assert_int_equal(store_ping(s), 0);
-	assert_int_equal(check_code(s, OTP_CH_SMS, "77019990001", 1, 5, &ok), 0);
-	assert_true(ok);
-	assert_int_equal(send_code(s, OTP_CH_SMS, "77019990001", NULL, 3, NOW), 0);
+	assert_true(checks(s, BIT(SMS), "77010000000", "1234", NOW + 1));
 	store_close(s);
 	proxy_stop(&p);
+
+	/* every send answered 0 is in the database */
+	assert_all_stored(schema, x.ids, x.ok);
+	pthread_cond_destroy(&x.cv);
+	pthread_mutex_destroy(&x.mu);
+	free(x.ids);
+	drop_schema(schema);
+}
+
+/* ---- the 0002 -> 0003 migration -------------------------------------------------------- */
+
+static void pg_code(PGconn *c, int64_t id, int ch, const char *target, const char *code,
+                    const char *ip, int64_t created, int64_t expire, bool void_, bool consumed,
+                    const char *sealed)
+{
+	uint8_t hash[OTP_HASH_LEN], lookup[OTP_HASH_LEN];
+	otp_code_hash(&key, (enum otp_channel)ch, target, code, hash);
+	otp_lookup_hash(&key, (enum otp_channel)ch, code, lookup);
+	char sid[24], sch[8], screated[24], sexpire[24];
+	snprintf(sid, sizeof sid, "%lld", (long long)id);
+	snprintf(sch, sizeof sch, "%d", ch);
+	snprintf(screated, sizeof screated, "%lld", (long long)created);
+	snprintf(sexpire, sizeof sexpire, "%lld", (long long)expire);
+	/* the hashes and the sealed copy as binary parameters, the rest as text */
+	const char *vals[11] = {sid, sch, target, (const char *)hash, (const char *)lookup, sealed,
+	                        ip, screated, sexpire, void_ ? "t" : "f", consumed ? "t" : "f"};
+	const int lens[11] = {0, 0, 0, OTP_HASH_LEN, OTP_HASH_LEN, sealed ? (int)strlen(sealed) : 0};
+	const int fmts[11] = {0, 0, 0, 1, 1, 1};
+	PGresult *r = PQexecParams(c,
+	        "INSERT INTO otpd_code (id, channel, target, code_hash, lookup_hash, sealed_code, "
+	        "ip, created_at, expire_at, void, consumed) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, "
+	        "$9, $10, $11)", 11, NULL, vals, lens, fmts, 0);
+	if (PQresultStatus(r) != PGRES_COMMAND_OK)
+		fail_msg("otpd_code: %s", PQresultErrorMessage(r));
+	PQclear(r);
+}
+
+/*
+ * A schema of the previous otpd (migrations 0001 and 0002 only) opened by this one: 0003
+ * turns its codes into compat verifications that still check with their codes, with
+ * their attempts; its rules and pending jobs carry over; its sends still count.
+ */
+static void test_migration_0003_carries_0002_rows(void **state)
+{
+	(void)state;
+	NEED_PG();
+	assert_true(store_pg_migrations_count >= 3);
+	char schema[64], q[160], sql[1024];
+	unique_name(schema, sizeof schema, "otpd upgrade");
+	PGconn *c = admin_connect(NULL);
+	quote_ident(c, schema, q, sizeof q);
+	snprintf(sql, sizeof sql, "CREATE SCHEMA %s; SET search_path TO %s; "
+	         "CREATE TABLE otpd_schema_migrations (version integer PRIMARY KEY, name text NOT "
+	         "NULL, applied_at timestamptz NOT NULL DEFAULT now())", q, q);
+	admin_exec(c, sql);
+	for (int m = 0; m < 2; m++) {
+		admin_exec(c, store_pg_migrations[m].sql);
+		snprintf(sql, sizeof sql, "INSERT INTO otpd_schema_migrations (version, name) VALUES "
+		         "(%d, '%s')", store_pg_migrations[m].version, store_pg_migrations[m].name);
+		admin_exec(c, sql);
+	}
+	pg_code(c, 1, SMS, "77010000001", "1111", "10.0.0.1", NOW - 60, NOW + 240, false, false,
+	        "sealed:1111");
+	pg_code(c, 2, CALL, "77010000001", "2222", NULL, NOW - 30, NOW + 270, false, false, NULL);
+	pg_code(c, 3, SMS, "77010000002", "3333", NULL, NOW - 30, NOW + 270, true, false, NULL);
+	pg_code(c, 4, SMS, "77010000003", "4444", NULL, NOW - 30, NOW + 270, false, true,
+	        "sealed:4444");
+	pg_code(c, 5, EMAIL, "a@example.com", "5555", NULL, NOW - 310, NOW - 10, false, false, NULL);
+	admin_exec(c, "SELECT setval(pg_get_serial_sequence('otpd_code', 'id'), 5)");
+	snprintf(sql, sizeof sql,
+	         "INSERT INTO otpd_attempt VALUES (0, '77010000001', 2, %lld), "
+	         "(0, '77010000002', 5, %lld);"
+	         "INSERT INTO otpd_limit (channel, kind, minutes, rate) VALUES (0, 1, 60, 20), "
+	         "(1, 0, 30, 1), (0, 0, 10, 2);"
+	         "INSERT INTO otpd_outbox (id, code_id, channel, provider, state, payload, attempts, "
+	         "next_at, created_at, updated_at) VALUES "
+	         "(1, 1, 0, 'log', 'pending', 'payload:1111'::bytea, 1, %lld, %lld, %lld), "
+	         "(2, 2, 2, 'log', 'sent', NULL, 1, %lld, %lld, %lld);"
+	         "SELECT setval(pg_get_serial_sequence('otpd_outbox', 'id'), 2)",
+	         (long long)(NOW - 40), (long long)(NOW - 40), (long long)(NOW - 50),
+	         (long long)(NOW - 60), (long long)(NOW - 55), (long long)(NOW - 30),
+	         (long long)(NOW - 30), (long long)(NOW - 29));
+	admin_exec(c, sql);
+	admin_exec(c, "RESET search_path");
+
+	struct store *s = open_store(schema, 2);
+	snprintf(sql, sizeof sql, "SELECT count(*) FROM %s.otpd_schema_migrations", q);
+	assert_int_equal(admin_int(c, sql), (int64_t)store_pg_migrations_count);
+	snprintf(sql, sizeof sql, "SELECT count(*) FROM pg_tables WHERE schemaname = '%s' AND "
+	         "tablename IN ('otpd_code', 'otpd_attempt')", schema);
+	assert_int_equal(admin_int(c, sql), 0);
+
+	/* the live codes: compat verifications, their attempts carried */
+	struct store_verification v1 = find_one(s, SMS, "77010000001");
+	assert_int_equal(v1.id, 1);
+	assert_int_equal(strncmp(v1.public_id, "otp_", 4), 0);
+	assert_string_equal(v1.app_id, "");
+	assert_int_equal(v1.status, OTP_VS_PENDING);
+	assert_int_equal(v1.attempts, 2);
+	assert_int_equal(v1.max_attempts, 5);
+	assert_false(v1.consume);
+	assert_true(v1.has_sealed_code);
+	assert_string_equal(v1.ip, "10.0.0.1");
+	assert_int_equal(v1.created_at, NOW - 60);
+	assert_int_equal(v1.expire_at, NOW + 240);
+	struct store_verification v2 = find_one(s, CALL, "77010000001");
+	assert_int_equal(v2.attempts, 0);
+	assert_true(strcmp(v1.public_id, v2.public_id) != 0);
+	/* a void code is dead, a consumed one used up, an expired one expired */
+	assert_int_equal(find_one(s, SMS, "77010000002").status, OTP_VS_MAX_ATTEMPTS);
+	struct store_verification v4 = find_one(s, SMS, "77010000003");
+	assert_int_equal(v4.status, OTP_VS_APPROVED);
+	assert_true(v4.consume);
+	assert_false(v4.has_sealed_code);
+	assert_false(checks(s, BIT(SMS), "77010000002", "3333", NOW));
+	assert_false(checks(s, BIT(SMS), "77010000003", "4444", NOW));
+	assert_false(checks(s, BIT(EMAIL), "a@example.com", "5555", NOW));
+
+	/* they check with their codes, and keep their budget */
+	assert_false(checks(s, BIT(SMS), "77010000001", "0000", NOW));
+	struct store_verification back;
+	assert_int_equal(store_vf_get(s, "", v1.public_id, &back), 0);
+	assert_int_equal(back.attempts, 3);
+	assert_true(checks(s, BIT(SMS) | BIT(CALL), "77010000001", "1111", NOW + 1));
+	assert_true(checks(s, BIT(CALL), "77010000001", "2222", NOW + 1));
+	uint8_t *sealed = NULL;
+	size_t len = 0;
+	assert_int_equal(store_vf_sealed_latest(s, "", "77010000001", NOW + 2, &sealed, &len),
+	                 OTP_ERR_NOT_FOUND); /* the newest live one (call) kept none */
+	char tmpl[8];
+	assert_int_equal(store_vf_material(s, "", v1.public_id, &sealed, &len, tmpl, sizeof tmpl),
+	                 0);
+	assert_int_equal(len, strlen("sealed:1111"));
+	assert_memory_equal(sealed, "sealed:1111", len);
+	free(sealed);
+
+	/* the rules, in their order, as the compat app's */
+	struct store_limits lim;
+	assert_int_equal(store_rules_get(s, "", SMS, &lim), 0);
+	assert_int_equal(lim.n, 2);
+	assert_int_equal(lim.rules[0].kind, OTP_LIMIT_IP);
+	assert_int_equal(lim.rules[0].minutes, 60);
+	assert_int_equal(lim.rules[1].kind, OTP_LIMIT_TARGET);
+	assert_int_equal(lim.rules[1].rate, 2);
+	assert_int_equal(store_rules_get(s, "", EMAIL, &lim), 0);
+	assert_int_equal(lim.n, 1);
+	assert_int_equal(lim.rules[0].minutes, 30);
+	/* replacing them still works (positions and ids carry on) */
+	set_rule(s, CALL, OTP_LIMIT_TARGET, 9, 9);
+
+	/* the sends still count: one email per 30 minutes, two sms per 10 */
+	assert_int_equal(send_code(s, EMAIL, "a@example.com", NULL, "9999", NOW, NULL),
+	                 OTP_ERR_LIMIT);
+	assert_int_equal(send_code(s, SMS, "77010000001", "10.0.0.2", "9999", NOW, NULL), 0);
+	assert_int_equal(send_code(s, SMS, "77010000001", "10.0.0.3", "9999", NOW, NULL),
+	                 OTP_ERR_LIMIT);
+	assert_int_equal(event_count(s, v1.public_id, OTP_EV_CREATED), 1);
+
+	/* the pending job is still due, with its payload, and belongs to v1 */
+	struct store_job job;
+	size_t n = 0;
+	assert_int_equal(store_outbox_claim(s, NOW - 40, NOW + 10, &job, 1, &n), 0);
+	assert_int_equal(n, 1);
+	assert_int_equal(job.id, 1);
+	assert_int_equal(job.attempts, 1);
+	assert_int_equal(job.payload_len, strlen("payload:1111"));
+	assert_memory_equal(job.payload, "payload:1111", job.payload_len);
+	store_job_fini(&job);
+	assert_int_equal(store_outbox_sent(s, 1, NOW + 3, "m-1"), 0);
+	assert_int_equal(event_count(s, v1.public_id, OTP_EV_DELIVERED), 1);
+	/* new rows take new ids */
+	char id[STORE_ID_MAX];
+	assert_int_equal(send_code(s, SMS, "77010000009", NULL, "8888", NOW + 4, id), 0);
+	assert_int_equal(store_vf_get(s, "", id, &back), 0);
+	assert_true(back.id > 5);
+	assert_true(checks(s, BIT(SMS), "77010000009", "8888", NOW + 5));
+
+	store_close(s);
+	PQfinish(c);
 	drop_schema(schema);
 }
 
 /* ---- legacy import ---------------------------------------------------------------- */
-
-static void test_key(struct otp_key *key)
-{
-	uint8_t master[OTP_KEY_LEN];
-	for (size_t i = 0; i < sizeof master; i++)
-		master[i] = (uint8_t)(i * 7 + 1);
-	assert_int_equal(otp_key_init(key, master), 0);
-}
-
-static int check_real(struct store *s, const struct otp_key *key, enum otp_channel ch,
-                      unsigned mask, const char *target, const char *code, bool *ok)
-{
-	struct store_check q;
-	memset(&q, 0, sizeof q);
-	q.channel = ch;
-	q.channel_mask = mask;
-	q.target = target;
-	for (int c = 0; c < OTP_CH_COUNT; c++) {
-		if (mask & OTP_CH_BIT(c))
-			otp_code_hash(key, (enum otp_channel)c, target, code, q.presented[c]);
-	}
-	q.now = NOW + 5;
-	q.max_failures = 5;
-	return store_check(s, &q, ok);
-}
 
 /* The old service's tables in schema `lq` (quoted), as it created them, with live,
  * expired and unusable rows and rules, some of which otpd refuses. */
 static void legacy_tables(PGconn *c, const char *lq)
 {
 	char sql[2048];
-	/* the old service's tables, as it created them */
 	snprintf(sql, sizeof sql,
 	         "CREATE SCHEMA %s;"
 	         "CREATE TABLE %s.otp_password (id serial PRIMARY KEY, channel int2 NOT NULL, "
@@ -811,6 +1191,25 @@ static void legacy_tables(PGconn *c, const char *lq)
 	admin_exec(c, sql);
 }
 
+static void assert_imported_rules(struct store *s)
+{
+	struct store_limits lim;
+	assert_int_equal(store_rules_get(s, "", SMS, &lim), 0);
+	assert_int_equal(lim.n, 2);
+	assert_int_equal(lim.rules[0].kind, OTP_LIMIT_IP);
+	assert_int_equal(lim.rules[0].rate, 20);
+	assert_int_equal(lim.rules[0].minutes, 60);
+	assert_int_equal(lim.rules[1].kind, OTP_LIMIT_TARGET);
+	assert_int_equal(lim.rules[1].rate, 5);
+	assert_int_equal(lim.rules[1].minutes, 10);
+	assert_int_equal(store_rules_get(s, "", CALL, &lim), 0);
+	assert_int_equal(lim.n, 1);
+	assert_int_equal(lim.rules[0].kind, OTP_LIMIT_IP);
+	assert_int_equal(store_rules_get(s, "", EMAIL, &lim), 0);
+	assert_int_equal(lim.n, 1);
+	assert_int_equal(lim.rules[0].rate, 1);
+}
+
 static void test_legacy_import(void **state)
 {
 	(void)state;
@@ -818,8 +1217,6 @@ static void test_legacy_import(void **state)
 	char legacy[64], schema[64], lq[160];
 	unique_name(legacy, sizeof legacy, "legacy Otp");
 	unique_name(schema, sizeof schema, "otpd import");
-	struct otp_key key;
-	test_key(&key);
 
 	PGconn *c = admin_connect(NULL);
 	quote_ident(c, legacy, lq, sizeof lq);
@@ -827,11 +1224,9 @@ static void test_legacy_import(void **state)
 
 	struct store *s = open_store(schema, 2);
 	/* rules otpd already had: sms's are replaced, telegram's stay */
-	set_rule(s, OTP_CH_SMS, OTP_LIMIT_TARGET, 1, 1);
+	set_rule(s, SMS, OTP_LIMIT_TARGET, 1, 1);
 	set_rule(s, OTP_CH_TELEGRAM, OTP_LIMIT_TARGET, 7, 7);
 
-	char port[16];
-	snprintf(port, sizeof port, "port=%d", env.port);
 	struct store_legacy_source src = {
 		.host = env.host, .port = env.port, .database = env.database,
 		.user = env.user, .password = env.password,
@@ -849,56 +1244,46 @@ static void test_legacy_import(void **state)
 	assert_int_equal(n.codes_present, 0);
 
 	/* the codes check, across sms + call as /sms/check does */
-	bool ok = false;
-	unsigned smscall = OTP_CH_BIT(OTP_CH_SMS) | OTP_CH_BIT(OTP_CH_CALL);
-	assert_int_equal(check_real(s, &key, OTP_CH_SMS, smscall, "77010000001", "12345", &ok), 0);
-	assert_true(ok);
-	assert_int_equal(check_real(s, &key, OTP_CH_SMS, smscall, "77010000002", "11111", &ok), 0);
-	assert_true(ok);
-	assert_int_equal(check_real(s, &key, OTP_CH_SMS, smscall, "77010000003", "22222", &ok), 0);
-	assert_false(ok); /* expired before the import */
-	assert_int_equal(check_real(s, &key, OTP_CH_EMAIL, OTP_CH_BIT(OTP_CH_EMAIL),
-	                            "a@example.com", "54321", &ok), 0);
-	assert_true(ok);
-	assert_int_equal(check_real(s, &key, OTP_CH_TELEGRAM, OTP_CH_BIT(OTP_CH_TELEGRAM), "42",
-	                            "44444", &ok), 0);
-	assert_true(ok);
+	const unsigned smscall = BIT(SMS) | BIT(CALL);
+	assert_true(checks(s, smscall, "77010000001", "12345", NOW + 5));
+	assert_true(checks(s, smscall, "77010000002", "11111", NOW + 5));
+	assert_false(checks(s, smscall, "77010000003", "22222", NOW + 5)); /* expired before */
+	assert_true(checks(s, BIT(EMAIL), "a@example.com", "54321", NOW + 5));
+	assert_true(checks(s, BIT(OTP_CH_TELEGRAM), "42", "44444", NOW + 5));
+	/* as compat verifications, their send time kept */
+	struct store_verification v = find_one(s, SMS, "77010000001");
+	assert_int_equal(v.created_at, NOW - 60);
+	assert_int_equal(v.expire_at, NOW + 300);
+	assert_int_equal(v.max_attempts, 5);
+	assert_string_equal(v.ip, "198.51.100.1");
 
 	/* GET /target and GET /password find them */
-	uint8_t lookup[OTP_HASH_LEN];
-	char target[OTP_TARGET_MAX];
-	otp_lookup_hash(&key, OTP_CH_EMAIL, "54321", lookup);
-	assert_int_equal(store_find_target(s, OTP_CH_EMAIL, lookup, NOW, target, sizeof target), 0);
-	assert_string_equal(target, "a@example.com");
+	struct store_check q = {.by = STORE_CHECK_LOOKUP, .app_id = "", .channel = EMAIL,
+	                        .key = &key, .code = "54321", .now = NOW + 6};
+	otp_lookup_hash(&key, EMAIL, "54321", q.lookup_hash);
+	struct store_check_result res;
+	assert_int_equal(store_vf_check(s, &q, &res), 0);
+	assert_true(res.ok);
+	assert_string_equal(res.v.target, "a@example.com");
 	uint8_t *sealed = NULL;
 	size_t sealed_len = 0;
-	assert_int_equal(store_find_sealed_code(s, "77010000001", NOW, &sealed, &sealed_len), 0);
+	assert_int_equal(store_vf_sealed_latest(s, "", "77010000001", NOW, &sealed, &sealed_len), 0);
 	uint8_t code[OTP_CODE_MAX + OTP_SEAL_OVERHEAD];
 	size_t code_len = 0;
 	assert_int_equal(otp_open(&key, "password", sealed, sealed_len, code, &code_len), 0);
-	assert_memory_equal(code, "12345", 5);
 	assert_int_equal(code_len, 5);
+	assert_memory_equal(code, "12345", 5);
 	free(sealed);
 
 	/* the rules, in the old order; telegram's untouched */
+	assert_imported_rules(s);
 	struct store_limits lim;
-	assert_int_equal(store_get_limits(s, OTP_CH_SMS, &lim), 0);
-	assert_int_equal(lim.n, 2);
-	assert_int_equal(lim.rules[0].kind, OTP_LIMIT_IP);
-	assert_int_equal(lim.rules[0].rate, 20);
-	assert_int_equal(lim.rules[0].minutes, 60);
-	assert_int_equal(lim.rules[1].kind, OTP_LIMIT_TARGET);
-	assert_int_equal(lim.rules[1].rate, 5);
-	assert_int_equal(lim.rules[1].minutes, 10);
-	assert_int_equal(store_get_limits(s, OTP_CH_CALL, &lim), 0);
-	assert_int_equal(lim.n, 1);
-	assert_int_equal(lim.rules[0].kind, OTP_LIMIT_IP);
-	assert_int_equal(store_get_limits(s, OTP_CH_TELEGRAM, &lim), 0);
+	assert_int_equal(store_rules_get(s, "", OTP_CH_TELEGRAM, &lim), 0);
 	assert_int_equal(lim.n, 1);
 	assert_int_equal(lim.rules[0].rate, 7);
 
 	/* imported codes count in the windows: email allows 1 per 30 minutes */
-	assert_int_equal(send_code(s, OTP_CH_EMAIL, "a@example.com", NULL, 9, NOW), OTP_ERR_LIMIT);
+	assert_int_equal(send_code(s, EMAIL, "a@example.com", NULL, "9", NOW, NULL), OTP_ERR_LIMIT);
 	/* nothing is delivered again */
 	struct store_outbox_counts oc;
 	assert_int_equal(store_outbox_counts(s, &oc), 0);
@@ -917,7 +1302,7 @@ static void test_legacy_import(void **state)
 
 	/* a connection string works too; a missing table is a clear error */
 	char conninfo[512];
-	snprintf(conninfo, sizeof conninfo, "host=%s %s dbname=%s%s%s%s%s", env.host, port,
+	snprintf(conninfo, sizeof conninfo, "host=%s port=%d dbname=%s%s%s%s%s", env.host, env.port,
 	         env.database, env.user ? " user=" : "", env.user ? env.user : "",
 	         env.password ? " password=" : "", env.password ? env.password : "");
 	struct store_legacy_source src2 = {.conninfo = conninfo, .schema = "no such schema"};
@@ -938,8 +1323,6 @@ static void test_legacy_import_into_sqlite(void **state)
 	NEED_PG();
 	char legacy[64], lq[160], dir[128], path[192], err[512] = "";
 	unique_name(legacy, sizeof legacy, "legacy sqlite");
-	struct otp_key key;
-	test_key(&key);
 	PGconn *c = admin_connect(NULL);
 	quote_ident(c, legacy, lq, sizeof lq);
 	legacy_tables(c, lq);
@@ -963,19 +1346,15 @@ static void test_legacy_import_into_sqlite(void **state)
 	assert_int_equal(n.rules, 4);
 	assert_int_equal(n.codes, 4);
 	assert_int_equal(n.codes_skipped, 2);
-	bool ok = false;
-	assert_int_equal(check_real(s, &key, OTP_CH_SMS, OTP_CH_BIT(OTP_CH_SMS), "77010000001",
-	                            "12345", &ok), 0);
-	assert_true(ok);
+	assert_true(checks(s, BIT(SMS), "77010000001", "12345", NOW + 5));
+	assert_true(checks(s, BIT(OTP_CH_TELEGRAM), "42", "44444", NOW + 5));
 	/* not sealed unless asked */
 	uint8_t *sealed = NULL;
 	size_t sealed_len = 0;
-	assert_int_equal(store_find_sealed_code(s, "77010000001", NOW, &sealed, &sealed_len),
+	assert_int_equal(store_vf_sealed_latest(s, "", "a@example.com", NOW, &sealed, &sealed_len),
 	                 OTP_ERR_NOT_FOUND);
-	struct store_limits lim;
-	assert_int_equal(store_get_limits(s, OTP_CH_SMS, &lim), 0);
-	assert_int_equal(lim.n, 2);
-	assert_int_equal(lim.rules[0].kind, OTP_LIMIT_IP);
+	assert_imported_rules(s);
+	assert_int_equal(send_code(s, EMAIL, "a@example.com", NULL, "9", NOW, NULL), OTP_ERR_LIMIT);
 
 	store_close(s);
 	static const char *const suffix[] = {"", "-wal", "-shm"};
@@ -996,13 +1375,15 @@ int main(void)
 		cmocka_unit_test(test_concurrent_open),
 		cmocka_unit_test(test_real_host_creates_database),
 		cmocka_unit_test(test_open_fails_with_reason),
+		cmocka_unit_test(test_refuses_unknown_schema),
 		cmocka_unit_test(test_race_sends),
 		cmocka_unit_test(test_race_checks),
 		cmocka_unit_test(test_race_claims),
 		cmocka_unit_test(test_reconnect_after_terminate),
 		cmocka_unit_test(test_reconnect_after_restart),
+		cmocka_unit_test(test_migration_0003_carries_0002_rows),
 		cmocka_unit_test(test_legacy_import),
 		cmocka_unit_test(test_legacy_import_into_sqlite),
 	};
-	return cmocka_run_group_tests(tests, group_setup, NULL);
+	return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -108,6 +108,8 @@ CREATE TABLE otpd_meta (
 
 -- The codes of 0001 as compat verifications. Their policy was global configuration;
 -- they get the defaults (5 wrong checks, not consumed) for the rest of their short life.
+-- One the old service consumed is approved and used up (consume set), not checkable
+-- again; an ended one keeps no sealed copy.
 INSERT INTO otpd_verification (id, public_id, app_id, channel, target, cur_channel,
 	cur_target, status, code_hash, lookup_hash, sealed_code, ip, attempts, max_attempts,
 	sends, max_sends, resend_cooldown, consume, created_at, updated_at, expire_at,
@@ -116,10 +118,11 @@ SELECT c.id, 'otp_' || lpad(to_hex(c.created_at), 8, '0') ||
 	substr(md5(random()::text || clock_timestamp()::text || c.id::text), 1, 24), '',
 	c.channel, c.target, c.channel, c.target,
 	CASE WHEN c.void THEN 4 WHEN c.consumed THEN 1 ELSE 0 END,
-	c.code_hash, c.lookup_hash, c.sealed_code, c.ip,
+	c.code_hash, c.lookup_hash,
+	CASE WHEN c.void OR c.consumed THEN NULL ELSE c.sealed_code END, c.ip,
 	coalesce((SELECT a.failures FROM otpd_attempt a
 	          WHERE a.channel = c.channel AND a.target = c.target), 0),
-	5, 1, 1, 0, false, c.created_at, c.created_at, c.expire_at, c.created_at
+	5, 1, 1, 0, c.consumed, c.created_at, c.created_at, c.expire_at, c.created_at
 FROM otpd_code c;
 SELECT setval(pg_get_serial_sequence('otpd_verification', 'id'),
 	greatest((SELECT max(id) FROM otpd_verification), 1));

@@ -112,15 +112,19 @@ CREATE TABLE meta (
 -- The codes of 0001 as compat verifications (the sends the limit windows count, too).
 -- Their policy was global configuration; they get the defaults (5 wrong checks, not
 -- consumed) for the rest of their short life.
+-- One the old service consumed is approved and used up (consume set), not checkable
+-- again; an ended one keeps no sealed copy.
 INSERT INTO verifications (id, public_id, app_id, channel, target, cur_channel, cur_target,
 	status, code_hash, lookup_hash, sealed_code, ip, attempts, max_attempts, sends,
 	max_sends, resend_cooldown, consume, created_at, updated_at, expire_at, last_sent_at)
-SELECT c.id, 'otp_' || printf('%08x', c.created_at) || lower(hex(randomblob(12))), '', c.channel, c.target, c.channel,
+SELECT c.id, 'otp_' || printf('%08x', c.created_at) || lower(hex(randomblob(12))), '',
+	c.channel, c.target, c.channel,
 	c.target, CASE WHEN c.void THEN 4 WHEN c.consumed THEN 1 ELSE 0 END,
-	c.code_hash, c.lookup_hash, c.sealed_code, c.ip,
+	c.code_hash, c.lookup_hash,
+	CASE WHEN c.void OR c.consumed THEN NULL ELSE c.sealed_code END, c.ip,
 	coalesce((SELECT a.failures FROM attempts a
 	          WHERE a.channel = c.channel AND a.target = c.target), 0),
-	5, 1, 1, 0, 0, c.created_at, c.created_at, c.expire_at, c.created_at
+	5, 1, 1, 0, c.consumed, c.created_at, c.created_at, c.expire_at, c.created_at
 FROM codes c;
 INSERT INTO events (verification_id, public_id, app_id, type, channel, target, ip,
 	created_at)
