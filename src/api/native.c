@@ -668,6 +668,8 @@ static void native_error(const struct api_route *r, const struct otp_error *e,
 		json_object_set_new(o, "retry_after", json_integer(e->retry_after));
 	resp->status = api_status_for(e);
 	resp->body = o;
+	if (resp->status == 401) /* a 401 must say how to authenticate (RFC 9110 15.5.2) */
+		api_response_header(resp, "WWW-Authenticate", "Bearer realm=\"otpd\"");
 	if (e->retry_after > 0) {
 		char secs[24];
 		snprintf(secs, sizeof secs, "%" PRId64, e->retry_after);

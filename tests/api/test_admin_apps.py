@@ -275,10 +275,12 @@ def test_admin_needs_an_admin_credential(o, method, path):
                     basic("admin", ADMIN_TOKEN), {"X-API-Key": "key_x", "X-API-Secret": "s"}):
         r = o.request(method, path, {"name": "n"}, headers=headers)
         assert_native_error(r, 401, "unauthorized", False)
+        assert r.headers.get("WWW-Authenticate") == 'Bearer realm="otpd"', r.headers
     # an app's key is known, but not enough here
     for auth in ("x-api", "basic", "bearer"):
         r = app.request(method, path, {"name": "n"}, auth=auth)
         assert_native_error(r, 403, "forbidden")
+        assert "WWW-Authenticate" not in r.headers
 
 
 def test_admin_token_needs_32_characters():
@@ -348,6 +350,7 @@ def test_wrong_or_missing_keys_are_401(o, method, path):
     for headers in bad:
         r = o.request(method, path, {"recipient": plus_phone()}, headers=headers)
         assert_native_error(r, 401, "unauthorized", False)
+        assert r.headers.get("WWW-Authenticate") == 'Bearer realm="otpd"', r.headers
         assert app.secret not in r.text
     assert app.secret not in o.log_text()
 
