@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from otpdlib import (ADMIN_TOKEN, assert_json, assert_native_error, run_otpd,
+from otpdlib import (ADMIN_TOKEN, NATIVE_ENV, assert_json, assert_native_error, run_otpd,
                      unique_phone)
 
 APP_KEYS = ["id", "name", "settings", "created_at", "updated_at"]
@@ -431,3 +431,22 @@ def test_a_key_naming_another_app_is_403(o):
     assert body["appid"] == b.id
     assert a.status_ok(vid)["status"] == "pending"
     assert len(o.deliveries(p[1:])) == 1
+
+
+def test_compat_basic_auth_does_not_guard_the_native_routes(otpd_factory):
+    """With HTTP_AUTH_* set, compat routes need Basic; native and admin routes need their
+    own credentials, and the compat Basic credentials are not one of them."""
+    o = otpd_factory(env=dict(NATIVE_ENV, HTTP_AUTH_USERNAME="ops", HTTP_AUTH_PASSWORD="pw"))
+    app = o.new_app()
+    vid = assert_json(app.send(plus_phone()), 200)["verification_id"]
+    assert app.status_ok(vid)["status"] == "pending"
+    r = o.request("POST", "/otp/send", {"recipient": plus_phone()}, headers=basic("ops", "pw"))
+    assert_native_error(r, 401, "unauthorized")
+    r = o.request("GET", "/admin/apps", headers=basic("ops", "pw"))
+    assert_native_error(r, 401, "unauthorized")
+    # and the compat side is guarded as before
+    assert o.request("POST", "/sms", {"phone": unique_phone(), "password": "1234",
+                                      "lifetime": 60, "message": "1234"}).status_code == 401
+    r = o.request("POST", "/sms", {"phone": unique_phone(), "password": "1234", "lifetime": 60,
+                                   "message": "1234"}, headers=basic("ops", "pw"))
+    assert r.status_code == 200, r.text

@@ -288,3 +288,24 @@ def test_two_processes_replay_one_idempotent_send(pg_pair):
         time.sleep(0.05)
     time.sleep(SETTLE)
     assert len(a.deliveries(p[1:])) + len(b.deliveries(p[1:])) == 1
+
+
+def test_concurrent_resends_stay_within_max_sends(o):
+    app = o.new_app({"resend_cooldown": 0, "max_sends": 3})
+    p = plus_phone()
+    vid = app.send_ok(p)["verification_id"]
+    code = o.code_of(vid)
+    rs = race(8, lambda i: raw_post(o.base, "/otp/resend", app, {"verification_id": vid}))
+    ok = [assert_json(r, 200) for r in rs if r.status_code == 200]
+    refused = [r for r in rs if r.status_code != 200]
+    # each send that was answered 200 was counted once: no two saw the same count, and
+    # none went past max_sends (a loser of the race is told to read it again)
+    sends = sorted(v["sends"] for v in ok)
+    assert sends == list(range(2, 2 + len(ok))) and 1 <= len(ok) <= 2, [r.text for r in rs]
+    for r in refused:
+        body = r.json()
+        assert (r.status_code, body["error"]) in ((429, "max_sends_reached"),
+                                                  (409, "conflict")), r.text
+    assert app.status_ok(vid)["sends"] == 1 + len(ok)
+    got = assert_deliveries(o, p[1:], 1 + len(ok))
+    assert {d["code"] for d in got} == {code}
