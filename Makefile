@@ -40,6 +40,7 @@ api: build
 lint:
 	cppcheck --quiet --error-exitcode=1 --enable=warning,portability,performance \
 	  --std=c11 --inline-suppr -I src --suppress=missingIncludeSystem src
+	@bash scripts/lint.sh
 
 fuzz:
 	@bash scripts/fuzz.sh
@@ -48,6 +49,8 @@ bench: build
 	@bash scripts/deps.sh --bench
 	@bash bench/run.sh
 
+# The binary (sbin), the systemd unit, the man page otpd(8), etc/otpd/otpd.env.example;
+# DESTDIR=... works as with any meson install. Only build dependencies are installed.
 install: build
 	meson install -C $(BUILD)
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# make check: build with warnings as errors, lint, run the unit and API tests on SQLite
+# make check: build with warnings as errors, lint (C, and the Dockerfile, OpenAPI and man
+# page through scripts/lint.sh), run the unit and API tests on SQLite
 # and on a throwaway PostgreSQL, then again under ASan+UBSan. Exits non-zero on the
 # first failure. Quiet where it can be; the test runners print their own summaries.
 set -euo pipefail
@@ -21,6 +22,9 @@ ninja -C "$BUILD"
 step "cppcheck"
 cppcheck --quiet --error-exitcode=1 --enable=warning,portability,performance \
   --std=c11 --inline-suppr -I src --suppress=missingIncludeSystem src
+
+step "lint: Dockerfile, OpenAPI (Redocly), man page"
+bash scripts/lint.sh
 
 step "PostgreSQL for the tests"
 bash scripts/pg-test-server.sh start "$PGDIR"

@@ -9,7 +9,7 @@
 #   scripts/fuzz.sh --crashes        replay tests/fuzz/crashes/<target>/* and say which
 #                                    still crash (exit 1 if any does)
 #
-# TARGET is params, compat, message, config or num (default: all). Seeds are in
+# TARGET is params, compat, message, config, num or framing (default: all). Seeds are in
 # tests/fuzz/corpus/<target>/ (committed, read-only here); what the fuzzer finds goes to
 # $FUZZ_BUILD/corpus/<target>/, crash inputs to $FUZZ_BUILD/artifacts/<target>/.
 # Environment: FUZZ_BUILD (build-fuzz), FUZZ_SECONDS (30), FUZZ_JOBS (1: targets run one
@@ -22,7 +22,7 @@ build=${FUZZ_BUILD:-build-fuzz}
 case "$build" in /*) ;; *) build="$root/$build" ;; esac
 secs=${FUZZ_SECONDS:-30}
 jobs=${FUZZ_JOBS:-1}
-all=(params compat message config num)
+all=(params compat message config num framing)
 
 mode=fuzz
 case "${1:-}" in

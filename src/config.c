@@ -2,19 +2,27 @@
  * config.c - every environment variable of otpd in one table: name, type, range,
  * default, secret or not, help. config_load() reads them all, reports every bad value
  * (not just the first), and fills an immutable struct config. Nothing else in otpd
- * calls getenv().
+ * calls getenv(). Secrets may also come from files (NAME_FILE) or systemd credentials
+ * (CREDENTIALS_DIRECTORY), read here too, so the rest of otpd sees one value.
  */
 #include "config.h"
 
+#include <curl/curl.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "core/errors.h"
 #include "core/num.h"
 
-enum var_type { V_STR, V_INT, V_BOOL, V_LEVEL, V_ENUM };
+/* V_URL: parsed by libcurl's URL API; `choices` lists the schemes allowed. */
+enum var_type { V_STR, V_INT, V_BOOL, V_LEVEL, V_ENUM, V_URL };
 
 struct var {
 	const char *name;
@@ -23,7 +31,7 @@ struct var {
 	long long min, max;    /* V_INT range; V_STR max length (0: no limit) */
 	const char *def;       /* default as text; NULL: unset */
 	bool secret;           /* never printed */
-	const char *choices;   /* V_ENUM: space-separated words */
+	const char *choices;   /* V_ENUM: space-separated words; V_URL: schemes */
 	const char *help;
 };
 
@@ -37,15 +45,29 @@ static const struct var vars[] = {
 	{"OTPD_DATA_DIR", V_STR, F(data_dir), 0, 4000, "data", false, NULL,
 	 "directory for the SQLite database and the generated secret key (created 0700)"},
 	{"OTPD_TLS_CERT", V_STR, F(tls_cert), 0, 4000, NULL, false, NULL,
-	 "with OTPD_TLS_KEY: serve HTTPS; a PEM file with the certificate (and its chain)"},
+	 "with OTPD_TLS_KEY: serve HTTPS; a PEM file with the certificate (and its chain); "
+	 "re-read on SIGHUP"},
 	{"OTPD_TLS_KEY", V_STR, F(tls_key), 0, 4000, NULL, false, NULL,
-	 "the PEM file of the certificate's private key"},
+	 "the PEM file of the certificate's private key; re-read on SIGHUP"},
 	{"OTPD_THREADS", V_INT, F(threads), 1, 1024, NULL, false, NULL,
 	 "HTTP worker threads (default: PHP_PM_MAX_CHILDREN)"},
 	{"OTPD_MAX_BODY_BYTES", V_INT, F(max_body_bytes), 256, 16777216, "65536", false, NULL,
 	 "largest request body accepted; larger ones get 413 before they are read"},
+	{"OTPD_HEADER_TIMEOUT", V_INT, F(header_timeout), 1, 300, "10", false, NULL,
+	 "seconds a client has to send a whole request head (from connecting, or from the "
+	 "previous answer on a kept-alive connection), however steadily it trickles"},
+	{"OTPD_BODY_TIMEOUT", V_INT, F(body_timeout), 1, 3600, "30", false, NULL,
+	 "seconds a client has to send a whole request body once its head is in"},
+	{"OTPD_MAX_CONNECTIONS", V_INT, F(max_connections), 16, 65536, "4096", false, NULL,
+	 "open client connections at once; past it a new one is closed at once"},
+	{"OTPD_MAX_CONNECTIONS_PER_IP", V_INT, F(max_connections_per_ip), 0, 65536, "128", false,
+	 NULL, "open connections from one client address; past it a new one is closed at "
+	 "once (0: no cap; raise it behind a reverse proxy)"},
 	{"OTPD_LOG_LEVEL", V_LEVEL, F(log_level), 0, 0, "info", false, NULL,
 	 "debug, info, warn or error"},
+	{"OTPD_ACCESS_LOG", V_BOOL, F(access_log), 0, 0, "true", false, NULL,
+	 "one log line per answered request (client, method, path, status, error, bytes, "
+	 "duration, user agent), whatever OTPD_LOG_LEVEL says"},
 	{"OTPD_LOG_CODES", V_BOOL, F(log_codes), 0, 0, "false", false, NULL,
 	 "log provider prints codes and messages in clear (local development only)"},
 	{"OTPD_SECRET_KEY", V_STR, F(secret_key), 64, 64, NULL, true, NULL,
@@ -126,19 +148,19 @@ static const struct var vars[] = {
 	{"OTPD_SHUTDOWN_TIMEOUT", V_INT, F(shutdown_timeout), 0, 600, "10", false, NULL,
 	 "seconds SIGTERM waits for in-flight requests and deliveries"},
 	/* queue provider: the old service's variables */
-	{"OTP_QUEUE_URL", V_STR, F(queue_url), 0, 2048, "http://queue", false, NULL,
+	{"OTP_QUEUE_URL", V_URL, F(queue_url), 0, 2048, "http://queue", false, "http https",
 	 "Queue service URL (queue provider)"},
-	{"OTP_SMS_URL", V_STR, F(sms_url), 0, 2048, "http://sms", false, NULL, "SMS service URL"},
+	{"OTP_SMS_URL", V_URL, F(sms_url), 0, 2048, "http://sms", false, "http https", "SMS service URL"},
 	{"OTP_SMS_WORKER", V_STR, F(sms_worker), 0, 256, "sms", false, NULL, "Queue worker for sms"},
-	{"OTP_CALL_URL", V_STR, F(call_url), 0, 2048, "http://sms", false, NULL,
+	{"OTP_CALL_URL", V_URL, F(call_url), 0, 2048, "http://sms", false, "http https",
 	 "service URL for calls"},
 	{"OTP_CALL_WORKER", V_STR, F(call_worker), 0, 256, "sms", false, NULL,
 	 "Queue worker for calls"},
-	{"OTP_EMAIL_URL", V_STR, F(email_url), 0, 2048, "http://email", false, NULL,
+	{"OTP_EMAIL_URL", V_URL, F(email_url), 0, 2048, "http://email", false, "http https",
 	 "Email service URL"},
 	{"OTP_EMAIL_WORKER", V_STR, F(email_worker), 0, 256, "email", false, NULL,
 	 "Queue worker for email"},
-	{"OTP_TELEGRAM_URL", V_STR, F(telegram_url), 0, 2048, "http://telegram:8080", false, NULL,
+	{"OTP_TELEGRAM_URL", V_URL, F(telegram_url), 0, 2048, "http://telegram:8080", false, "http https",
 	 "http-telegram-notify URL (queue and telegram providers)"},
 	{"OTP_TELEGRAM_WORKER", V_STR, F(telegram_worker), 0, 256, "telegram", false, NULL,
 	 "Queue worker for telegram"},
@@ -147,8 +169,7 @@ static const struct var vars[] = {
 	/* telegram bot and webhook */
 	{"OTPD_TELEGRAM_BOT_TOKEN", V_STR, F(telegram_bot_token), 0, 256, NULL, true, NULL,
 	 "Telegram Bot API token (telegram_bot provider)"},
-	{"OTPD_TELEGRAM_API_URL", V_STR, F(telegram_api_url), 0, 2048, "https://api.telegram.org",
-	 false, NULL, "Telegram Bot API base URL"},
+	{"OTPD_TELEGRAM_API_URL", V_URL, F(telegram_api_url), 0, 2048, "https://api.telegram.org", false, "http https", "Telegram Bot API base URL"},
 	{"OTPD_TELEGRAM_WEBHOOK_SECRET", V_STR, F(telegram_webhook_secret), 0, 256, NULL, true, NULL,
 	 "required X-Telegram-Bot-Api-Secret-Token of POST /telegram/webhook"},
 	{"OTPD_TELEGRAM_WEBHOOK_CODE_LENGTH", V_INT, F(webhook_code_length), 4, 12, "6", false, NULL,
@@ -156,7 +177,7 @@ static const struct var vars[] = {
 	{"OTPD_TELEGRAM_WEBHOOK_LIFETIME", V_INT, F(webhook_lifetime), 1, 86400, "300", false, NULL,
 	 "lifetime of codes made by the Telegram webhook, seconds"},
 	/* smtp */
-	{"OTPD_SMTP_URL", V_STR, F(smtp_url), 0, 2048, NULL, false, NULL,
+	{"OTPD_SMTP_URL", V_URL, F(smtp_url), 0, 2048, NULL, false, "smtp smtps",
 	 "smtp://host:587 (STARTTLS) or smtps://host:465"},
 	{"OTPD_SMTP_USERNAME", V_STR, F(smtp_username), 0, 256, NULL, false, NULL, "SMTP user"},
 	{"OTPD_SMTP_PASSWORD", V_STR, F(smtp_password), 0, 1024, NULL, true, NULL, "SMTP password"},
@@ -165,8 +186,7 @@ static const struct var vars[] = {
 	{"OTPD_SMTP_STARTTLS", V_ENUM, F(smtp_starttls), 0, 0, "try", false, "try require off",
 	 "STARTTLS on smtp:// URLs"},
 	/* twilio */
-	{"OTPD_TWILIO_BASE_URL", V_STR, F(twilio_base_url), 0, 2048, "https://api.twilio.com", false,
-	 NULL, "Twilio API base URL"},
+	{"OTPD_TWILIO_BASE_URL", V_URL, F(twilio_base_url), 0, 2048, "https://api.twilio.com", false, "http https", "Twilio API base URL"},
 	{"OTPD_TWILIO_ACCOUNT_SID", V_STR, F(twilio_account_sid), 0, 64, NULL, false, NULL,
 	 "Twilio account SID"},
 	{"OTPD_TWILIO_AUTH_TOKEN", V_STR, F(twilio_auth_token), 0, 256, NULL, true, NULL,
@@ -176,8 +196,7 @@ static const struct var vars[] = {
 	{"OTPD_TWILIO_VOICE_LANGUAGE", V_STR, F(twilio_voice_language), 0, 16, "en-US", false, NULL,
 	 "language of the spoken code"},
 	/* whatsapp */
-	{"OTPD_WHATSAPP_BASE_URL", V_STR, F(whatsapp_base_url), 0, 2048,
-	 "https://graph.facebook.com/v19.0", false, NULL, "WhatsApp Cloud API base URL"},
+	{"OTPD_WHATSAPP_BASE_URL", V_URL, F(whatsapp_base_url), 0, 2048, "https://graph.facebook.com/v19.0", false, "http https", "WhatsApp Cloud API base URL"},
 	{"OTPD_WHATSAPP_TOKEN", V_STR, F(whatsapp_token), 0, 1024, NULL, true, NULL,
 	 "WhatsApp Cloud API access token"},
 	{"OTPD_WHATSAPP_PHONE_NUMBER_ID", V_STR, F(whatsapp_phone_number_id), 0, 64, NULL, false,
@@ -187,7 +206,7 @@ static const struct var vars[] = {
 	{"OTPD_WHATSAPP_LANGUAGE", V_STR, F(whatsapp_language), 0, 16, "en_US", false, NULL,
 	 "template language code"},
 	/* webhook */
-	{"OTPD_WEBHOOK_URL", V_STR, F(webhook_url), 0, 2048, NULL, false, NULL,
+	{"OTPD_WEBHOOK_URL", V_URL, F(webhook_url), 0, 2048, NULL, false, "http https",
 	 "URL the webhook provider POSTs each message to"},
 	{"OTPD_WEBHOOK_SECRET", V_STR, F(webhook_secret), 0, 1024, NULL, true, NULL,
 	 "key of the X-Otpd-Signature HMAC-SHA256"},
@@ -271,6 +290,32 @@ static int parse_level(const char *s, enum config_log_level *out)
 	return OTP_ERR_INVALID;
 }
 
+/* Why `s` is not a usable URL with one of `schemes` (space-separated), or NULL. The
+ * reason never quotes the URL: it may hold credentials (user:password@host). */
+static const char *url_problem(const char *s, const char *schemes, char *msg, size_t cap)
+{
+	const char *why = NULL;
+	char *scheme = NULL, *host = NULL;
+	CURLU *u = curl_url();
+	if (u == NULL)
+		return "out of memory";
+	CURLUcode uc = curl_url_set(u, CURLUPART_URL, s, 0);
+	if (uc != CURLUE_OK) {
+		snprintf(msg, cap, "not a URL (%s)", curl_url_strerror(uc));
+		why = msg;
+	} else if (curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
+	           !word_in(scheme, schemes)) {
+		snprintf(msg, cap, "must be a URL whose scheme is one of: %s", schemes);
+		why = msg;
+	} else if (curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK || host[0] == '\0') {
+		why = "must name a host";
+	}
+	curl_free(scheme);
+	curl_free(host);
+	curl_url_cleanup(u);
+	return why;
+}
+
 /* Apply one value (or its default when `s` is NULL) to the struct. */
 static void apply(struct config *c, const struct var *v, const char *s, struct errbuf *e)
 {
@@ -282,9 +327,10 @@ static void apply(struct config *c, const struct var *v, const char *s, struct e
 		return;
 	switch (v->type) {
 	case V_STR:
+	case V_URL:
 	case V_ENUM: {
 		size_t n = strlen(s);
-		if (v->type == V_STR && v->max > 0 && (long long)n > v->max) {
+		if (v->type != V_ENUM && v->max > 0 && (long long)n > v->max) {
 			snprintf(msg, sizeof msg, "longer than %lld characters", v->max);
 			err_add(e, v->name, msg);
 			return;
@@ -297,6 +343,12 @@ static void apply(struct config *c, const struct var *v, const char *s, struct e
 		if (v->type == V_ENUM && !word_in(s, v->choices)) {
 			snprintf(msg, sizeof msg, "must be one of: %s", v->choices);
 			err_add(e, v->name, msg);
+			return;
+		}
+		const char *bad_url = v->type == V_URL ? url_problem(s, v->choices, msg, sizeof msg)
+		                                       : NULL;
+		if (bad_url != NULL) {
+			err_add(e, v->name, bad_url);
 			return;
 		}
 		char *dup = strdup(s);
@@ -372,6 +424,87 @@ static void parse_listen(struct config *c, struct errbuf *e)
 
 static bool is_set(const char *s) { return s != NULL && s[0] != '\0'; }
 
+#define CRED_NAME_MAX 64
+#define SECRET_FILE_MAX 65536
+
+/* The contents of a secret's file (NAME_FILE, or a credential), one trailing line break
+ * dropped, into a malloc'd string; NULL with the reason in e. The buffer is wiped. */
+static char *read_secret(const struct var *v, const char *what, const char *path,
+                         struct errbuf *e)
+{
+	char msg[300];
+	size_t cap = v->max > 0 ? (size_t)v->max + 3 : SECRET_FILE_MAX;
+	char *buf = malloc(cap);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	ssize_t n = 0, got;
+	if (buf == NULL) {
+		e->oom = true;
+		if (fd >= 0)
+			close(fd);
+		return NULL;
+	}
+	if (fd < 0) {
+		snprintf(msg, sizeof msg, "%s: cannot read %s: %s", what, path, strerror(errno));
+		err_add(e, v->name, msg);
+		free(buf);
+		return NULL;
+	}
+	while ((size_t)n < cap - 1 && (got = read(fd, buf + n, cap - 1 - (size_t)n)) > 0)
+		n += got;
+	close(fd);
+	while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))
+		n--;
+	buf[n] = '\0';
+	if ((size_t)n > cap - 3 || strlen(buf) != (size_t)n) {
+		snprintf(msg, sizeof msg, "%s: %s is too long or not text", what, path);
+		err_add(e, v->name, msg);
+		memset(buf, 0, cap);
+		free(buf);
+		return NULL;
+	}
+	return buf;
+}
+
+/* Variables naming a file: a systemd credential of that name gives its path (a
+ * secret's credential gives its contents). */
+static bool cred_path(const struct var *v)
+{
+	return v->off == F(tls_cert) || v->off == F(tls_key);
+}
+
+/*
+ * Where a variable's value comes from when the environment does not give it: NAME_FILE
+ * (secrets), or a systemd credential named NAME (secrets: its contents; file names: its
+ * path). Returns a malloc'd value (*owned: wipe and free it) or NULL.
+ */
+static char *from_elsewhere(const struct var *v, config_getenv_fn get, void *ctx,
+                            struct errbuf *e)
+{
+	char fname[CRED_NAME_MAX + 8], path[4200];
+	if (v->secret) {
+		snprintf(fname, sizeof fname, "%s_FILE", v->name);
+		const char *file = get(ctx, fname);
+		if (is_set(file))
+			return read_secret(v, fname, file, e);
+	}
+	if (!v->secret && !cred_path(v))
+		return NULL;
+	const char *dir = get(ctx, "CREDENTIALS_DIRECTORY");
+	if (!is_set(dir))
+		return NULL;
+	int n = snprintf(path, sizeof path, "%s/%s", dir, v->name);
+	if (n < 0 || (size_t)n >= sizeof path || access(path, F_OK) != 0)
+		return NULL;
+	if (cred_path(v)) {
+		char *dup = strdup(path);
+		if (dup == NULL)
+			e->oom = true;
+		return dup;
+	}
+	snprintf(fname, sizeof fname, "credential %s", v->name);
+	return read_secret(v, fname, path, e);
+}
+
 int config_load(config_getenv_fn get, void *ctx, struct config **out, char **errs)
 {
 	*out = NULL;
@@ -383,14 +516,31 @@ int config_load(config_getenv_fn get, void *ctx, struct config **out, char **err
 	bool threads_set = false;
 	for (size_t i = 0; i < N_VARS; i++) {
 		const char *s = get(ctx, vars[i].name);
+		char *owned = NULL;
 		/* An empty variable is treated as unset, like a shell user expects. */
 		if (s != NULL && s[0] == '\0')
 			s = NULL;
+		if (vars[i].secret && s != NULL) {
+			char fname[CRED_NAME_MAX + 8];
+			snprintf(fname, sizeof fname, "%s_FILE", vars[i].name);
+			if (is_set(get(ctx, fname))) {
+				err_add(&e, vars[i].name, "set it or its _FILE, not both");
+				continue;
+			}
+		}
+		if (s == NULL)
+			s = owned = from_elsewhere(&vars[i], get, ctx, &e);
 		if (vars[i].off == F(threads) && s != NULL)
 			threads_set = true;
 		if (vars[i].off == F(php_pm_max_requests) && s != NULL)
 			c->php_pm_max_requests_set = true;
+		if (vars[i].off == F(provider) && s != NULL)
+			c->provider_set = true;
 		apply(c, &vars[i], s, &e);
+		if (owned != NULL) {
+			memset(owned, 0, strlen(owned));
+			free(owned);
+		}
 	}
 	if (!threads_set)
 		c->threads = c->php_pm_max_children;
@@ -434,7 +584,7 @@ void config_free(struct config *c)
 	if (c == NULL)
 		return;
 	for (size_t i = 0; i < N_VARS; i++) {
-		if (vars[i].type == V_STR || vars[i].type == V_ENUM) {
+		if (vars[i].type == V_STR || vars[i].type == V_ENUM || vars[i].type == V_URL) {
 			char **p = (char **)((char *)c + vars[i].off);
 			if (*p != NULL && vars[i].secret)
 				memset(*p, 0, strlen(*p)); /* wipe secrets */
@@ -452,6 +602,7 @@ void config_dump(const struct config *c, FILE *f)
 		const char *field = (const char *)c + v->off;
 		switch (v->type) {
 		case V_STR:
+		case V_URL:
 		case V_ENUM: {
 			const char *s = *(char *const *)field;
 			if (s == NULL)
@@ -483,4 +634,102 @@ const char *config_channel_provider(const struct config *c, int channel)
 	if (channel >= 0 && channel < 5 && c->channel_provider[channel] != NULL)
 		return c->channel_provider[channel];
 	return c->provider;
+}
+
+/* ---- names that look like ours but are not ------------------------------------------ */
+
+static const char *const own_prefixes[] = {"OTPD_", "OTP_", "PG_", "HTTP_AUTH_", "PHP_PM_"};
+
+/* Levenshtein distance of a and b (both at most CONFIG_NAME_MAX bytes), two rows. */
+#define CONFIG_NAME_MAX 64
+static size_t distance(const char *a, const char *b)
+{
+	size_t la = strlen(a), lb = strlen(b);
+	size_t prev[CONFIG_NAME_MAX + 1], cur[CONFIG_NAME_MAX + 1];
+	if (la > CONFIG_NAME_MAX || lb > CONFIG_NAME_MAX)
+		return (size_t)-1;
+	for (size_t j = 0; j <= lb; j++)
+		prev[j] = j;
+	for (size_t i = 1; i <= la; i++) {
+		cur[0] = i;
+		for (size_t j = 1; j <= lb; j++) {
+			size_t sub = prev[j - 1] + (a[i - 1] != b[j - 1]);
+			size_t del = prev[j] + 1, ins = cur[j - 1] + 1;
+			cur[j] = sub < del ? (sub < ins ? sub : ins) : (del < ins ? del : ins);
+		}
+		memcpy(prev, cur, (lb + 1) * sizeof prev[0]);
+	}
+	return prev[lb];
+}
+
+static bool known_name(const char *name)
+{
+	size_t n = strlen(name);
+	for (size_t i = 0; i < N_VARS; i++) {
+		if (strcmp(vars[i].name, name) == 0)
+			return true;
+		size_t vl = strlen(vars[i].name);
+		if (vars[i].secret && n == vl + 5 && strncmp(name, vars[i].name, vl) == 0 &&
+		    strcmp(name + vl, "_FILE") == 0)
+			return true;
+	}
+	return false;
+}
+
+int config_unknown_names(char *const *envp, char **lines)
+{
+	struct errbuf e = {0};
+	int count = 0;
+	*lines = NULL;
+	for (size_t k = 0; envp != NULL && envp[k] != NULL; k++) {
+		const char *eq = strchr(envp[k], '=');
+		size_t n = eq ? (size_t)(eq - envp[k]) : strlen(envp[k]);
+		char name[CONFIG_NAME_MAX + 1];
+		bool ours = false;
+		if (n == 0 || n > CONFIG_NAME_MAX)
+			continue;
+		memcpy(name, envp[k], n);
+		name[n] = '\0';
+		for (size_t p = 0; p < sizeof own_prefixes / sizeof own_prefixes[0]; p++)
+			ours = ours || strncmp(name, own_prefixes[p], strlen(own_prefixes[p])) == 0;
+		if (!ours || known_name(name))
+			continue;
+		/* the nearest name, if it is near: a third of the name's length at most */
+		const char *best = NULL;
+		size_t best_d = n / 3 + 1;
+		for (size_t i = 0; i < N_VARS; i++) {
+			size_t d = distance(name, vars[i].name);
+			if (d < best_d) {
+				best_d = d;
+				best = vars[i].name;
+			}
+		}
+		char msg[160];
+		if (best != NULL)
+			snprintf(msg, sizeof msg, "unknown variable (did you mean %s?)", best);
+		else
+			snprintf(msg, sizeof msg, "unknown variable: otpd does not read it");
+		err_add(&e, name, msg);
+		count++;
+	}
+	if (e.oom) {
+		free(e.s);
+		return count;
+	}
+	*lines = e.s;
+	return count;
+}
+
+bool config_stderr_is_journal(config_getenv_fn get, void *ctx)
+{
+	const char *js = get(ctx, "JOURNAL_STREAM");
+	struct stat st;
+	char mine[64];
+	if (!is_set(js) || fstat(STDERR_FILENO, &st) != 0)
+		return false;
+	/* the stream is ours only while stderr still is that file: a child whose stderr was
+	 * redirected keeps the variable but not the stream */
+	snprintf(mine, sizeof mine, "%llu:%llu", (unsigned long long)st.st_dev,
+	         (unsigned long long)st.st_ino);
+	return strcmp(js, mine) == 0;
 }

@@ -29,7 +29,12 @@ struct config {
 	int php_pm_max_requests;      /* PHP_PM_MAX_REQUESTS (ignored) */
 	bool php_pm_max_requests_set;
 	long max_body_bytes;          /* OTPD_MAX_BODY_BYTES */
+	int header_timeout;           /* OTPD_HEADER_TIMEOUT s: whole request head */
+	int body_timeout;             /* OTPD_BODY_TIMEOUT s: whole body after the head */
+	int max_connections;          /* OTPD_MAX_CONNECTIONS: open at once */
+	int max_connections_per_ip;   /* OTPD_MAX_CONNECTIONS_PER_IP; 0 = no cap */
 	enum config_log_level log_level; /* OTPD_LOG_LEVEL */
+	bool access_log;              /* OTPD_ACCESS_LOG: one line per answered request */
 	bool log_codes;               /* OTPD_LOG_CODES: show codes in the log provider */
 	char *secret_key;             /* OTPD_SECRET_KEY (64 hex chars) or NULL: generated */
 	int sqlite_pool;              /* OTPD_SQLITE_POOL */
@@ -56,6 +61,7 @@ struct config {
 	/* delivery */
 	bool dummy;                   /* DUMMY */
 	char *provider;               /* OTPD_PROVIDER: default for every channel */
+	bool provider_set;            /* OTPD_PROVIDER was given (not the built-in default) */
 	char *channel_provider[5];    /* OTPD_{SMS,EMAIL,CALL,TELEGRAM,WHATSAPP}_PROVIDER, by
 	                                 enum otp_channel; NULL: use provider */
 	int outbox_workers;           /* OTPD_OUTBOX_WORKERS */
@@ -123,9 +129,28 @@ typedef const char *(*config_getenv_fn)(void *ctx, const char *name);
 /*
  * Read every setting. On success returns 0 and *out (free with config_free). On bad
  * values returns OTP_ERR_INVALID, and errs (caller frees) holds one line per problem,
- * all of them, not just the first.
+ * all of them, not just the first, each starting with the variable's name.
+ *
+ * Secrets need not be in the environment: for a secret NAME (OTPD_SECRET_KEY,
+ * PG_PASSWORD, tokens, ...) NAME_FILE may name a file holding the value (Docker
+ * secrets), and when neither is set and CREDENTIALS_DIRECTORY is (systemd's
+ * LoadCredential=), a credential called NAME there is its value. OTPD_TLS_CERT and
+ * OTPD_TLS_KEY, which are file names, take the credential's path. URLs are parsed with
+ * libcurl's URL API (scheme and host required).
  */
 int config_load(config_getenv_fn get, void *ctx, struct config **out, char **errs);
+
+/*
+ * Names in `envp` (environ: "NAME=value" strings, NULL-terminated) that look like
+ * otpd's (OTPD_*, OTP_*, PG_*, HTTP_AUTH_*, PHP_PM_*) but are none of its variables:
+ * one line per name in *lines (caller frees; NULL when there are none), with the
+ * closest known name when one is near ("did you mean OTPD_LISTEN?"). Returns how many.
+ */
+int config_unknown_names(char *const *envp, char **lines);
+
+/* true when stderr is the journal stream systemd gave us (JOURNAL_STREAM names its
+ * device:inode, sd-daemon(3)): then log lines carry syslog priority prefixes. */
+bool config_stderr_is_journal(config_getenv_fn get, void *ctx);
 void config_free(struct config *c);
 
 /* Print the settings in force, one `NAME=value` per line, secrets as "(set)". */

@@ -14,9 +14,11 @@
 
 /* Set once at start before any thread exists; read-only afterwards. */
 static enum log_level min_level = LOG_INFO;
+static bool journal = false;
 
 void log_set_level(enum log_level lvl) { min_level = lvl; }
-bool log_enabled(enum log_level lvl) { return lvl >= min_level; }
+bool log_enabled(enum log_level lvl) { return lvl >= min_level || lvl == LOG_FATAL; }
+void log_set_journal(bool on) { journal = on; }
 
 static const char *level_name(enum log_level lvl)
 {
@@ -25,8 +27,22 @@ static const char *level_name(enum log_level lvl)
 	case LOG_INFO: return "info";
 	case LOG_WARN: return "warn";
 	case LOG_ERROR: return "error";
+	case LOG_FATAL: return "fatal";
 	}
 	return "info";
+}
+
+/* syslog priorities (sd-daemon.h's SD_* prefixes): crit, err, warning, info, debug */
+static const char *journal_prefix(enum log_level lvl)
+{
+	switch (lvl) {
+	case LOG_DEBUG: return "<7>";
+	case LOG_INFO: return "<6>";
+	case LOG_WARN: return "<4>";
+	case LOG_ERROR: return "<3>";
+	case LOG_FATAL: return "<2>";
+	}
+	return "<6>";
 }
 
 static void put(char *buf, size_t cap, size_t *len, const char *s, size_t n)
@@ -84,10 +100,8 @@ void log_append_kv(char *buf, size_t cap, size_t *len, const char *key, const ch
 	put(buf, cap, len, "\"", 1);
 }
 
-void log_write(enum log_level lvl, const char *msg, ...)
+static void vlog(enum log_level lvl, const char *msg, va_list ap)
 {
-	if (!log_enabled(lvl))
-		return;
 	char line[LOG_LINE_MAX];
 	size_t len = 0;
 	char ts[40];
@@ -97,11 +111,19 @@ void log_write(enum log_level lvl, const char *msg, ...)
 	gmtime_r(&now.tv_sec, &tm);
 	size_t tl = strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%S", &tm);
 	snprintf(ts + tl, sizeof ts - tl, ".%03ldZ", now.tv_nsec / 1000000L);
-	log_append_kv(line, sizeof line, &len, "ts", ts);
+	if (journal) {
+		/* the prefix is read by journald and not stored: not a logfmt field */
+		memcpy(line, journal_prefix(lvl), 3);
+		len = 3;
+		log_append_kv(line, sizeof line, &len, "ts", ts);
+		/* log_append_kv put a separating space after the prefix: drop it */
+		memmove(line + 3, line + 4, len - 4);
+		len--;
+	} else {
+		log_append_kv(line, sizeof line, &len, "ts", ts);
+	}
 	log_append_kv(line, sizeof line, &len, "level", level_name(lvl));
 	log_append_kv(line, sizeof line, &len, "msg", msg);
-	va_list ap;
-	va_start(ap, msg);
 	for (;;) {
 		const char *k = va_arg(ap, const char *);
 		if (k == NULL)
@@ -109,10 +131,27 @@ void log_write(enum log_level lvl, const char *msg, ...)
 		const char *v = va_arg(ap, const char *);
 		log_append_kv(line, sizeof line, &len, k, v);
 	}
-	va_end(ap);
 	line[len++] = '\n';
 	ssize_t w = write(STDERR_FILENO, line, len);
 	(void)w; /* nowhere to report a failed log write */
+}
+
+void log_write(enum log_level lvl, const char *msg, ...)
+{
+	if (!log_enabled(lvl))
+		return;
+	va_list ap;
+	va_start(ap, msg);
+	vlog(lvl, msg, ap);
+	va_end(ap);
+}
+
+void log_access(const char *msg, ...)
+{
+	va_list ap;
+	va_start(ap, msg);
+	vlog(LOG_INFO, msg, ap);
+	va_end(ap);
 }
 
 void log_mask_target(const char *target, char *out, size_t cap)

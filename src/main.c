@@ -1,12 +1,20 @@
 /*
- * main.c - wires otpd together: configuration, the service key, the store, the outbox
- * workers, the janitor, the HTTP server; then waits for SIGTERM/SIGINT and drains.
+ * main.c - wires otpd together: the commands (one table row each), configuration, the
+ * service key, the store, the outbox workers, the janitor, the HTTP server; then waits
+ * for signals and drains.
  *
  * DESIGN: signals are blocked in every thread (the mask is set before any thread is
- * created) and taken synchronously by sigwait() here, so no code runs in a signal
- * handler. Shutdown order is the reverse of start: stop taking requests and let those in
- * flight finish, stop the outbox (in-flight sends finish, claimed-but-unsent jobs are
- * released), stop the janitor, close the store.
+ * created) and taken synchronously by sigtimedwait() here, so no code runs in a signal
+ * handler. SIGTERM, SIGINT and SIGQUIT stop; SIGHUP reloads (the TLS pair); the other
+ * signals whose default would kill a daemon and that otpd has no use for (SIGUSR1,
+ * SIGUSR2, SIGALRM, ...) are taken too, logged and ignored. Under systemd the same loop
+ * tells the manager READY=1 once serving, RELOADING=1 / READY=1 around a reload,
+ * WATCHDOG=1 every half of WATCHDOG_USEC, and STOPPING=1 (sd_notify(3); without
+ * NOTIFY_SOCKET these are no-ops). Shutdown order is the reverse of start: stop taking
+ * requests and let those in flight finish, stop the outbox (in-flight sends finish,
+ * claimed-but-unsent jobs are released), stop the janitor, close the store.
+ * Every line otpd writes on stderr is logfmt, fatal start errors included; what a
+ * command prints for its user (the configuration, an import's counts) goes to stdout.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -17,13 +25,16 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <systemd/sd-daemon.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "api/api.h"
+#include "commands.h"
 #include "config.h"
 #include "core/otp.h"
 #include "http/server.h"
+#include "http/tls.h"
 #include "log.h"
 #include "outbox/outbox.h"
 #include "providers/provider.h"
@@ -31,6 +42,8 @@
 #include "store/store.h"
 
 #define KEY_FILE "secret.key"
+
+extern char **environ;
 
 static const char *env_get(void *ctx, const char *name)
 {
@@ -43,29 +56,49 @@ static int64_t now_unix(void)
 	return (int64_t)time(NULL);
 }
 
-static void usage(FILE *f)
+/* A start that cannot go on: one logfmt line, level=fatal. `detail` may be "". */
+static void fatal(const char *what, const char *detail)
 {
-	fprintf(f,
-	        "usage: otpd [command]\n"
-	        "  (none)                 serve HTTP (configured by environment variables)\n"
-	        "  --check-config         validate the configuration, print it, exit 0 or 2\n"
-	        "  migrate                apply pending database migrations and exit\n"
-	        "  migrate-from-legacy [CONNINFO] [--schema S] [--timezone Z]\n"
-	        "                         import the old service's otp_limit rules and live\n"
-	        "                         otp_password codes from PostgreSQL (default: the\n"
-	        "                         database and schema of PG_*), into otpd's store\n"
-	        "  --help, --version\n"
-	        "Environment variables:\n");
-	for (size_t i = 0; i < config_var_count(); i++) {
-		const char *def = config_var_default(i);
-		fprintf(f, "  %-34s %s%s%s%s\n", config_var_name(i), config_var_help(i),
-		        def ? " [default: " : "", def ? def : "", def ? "]" : "");
+	log_write(LOG_FATAL, what, "error", detail, LOG_END);
+}
+
+void refuse_argument(const char *cmd, const char *arg)
+{
+	log_write(LOG_FATAL, "unexpected argument", "command", cmd, "argument", arg,
+	          "usage", "see otpd --help", LOG_END);
+}
+
+/* Commands that take no arguments refuse any (`otpd migrate --dry-run` must not
+ * migrate). 0, or 2 after saying so. */
+int no_arguments(int argc, char **argv)
+{
+	if (argc <= 1)
+		return 0;
+	refuse_argument(argv[0], argv[1]);
+	return 2;
+}
+
+/* Unknown OTPD_* (and the old service's prefixes) names: at start a warning each, since
+ * a typo otherwise silently leaves a setting at its default. */
+static void warn_unknown_names(void)
+{
+	char *lines = NULL;
+	if (config_unknown_names(environ, &lines) > 0) {
+		for (char *l = lines, *nl; l != NULL && *l; l = nl + 1) {
+			nl = strchr(l, '\n');
+			if (nl == NULL)
+				break;
+			*nl = '\0';
+			log_write(LOG_WARN, "unknown variable ignored", "problem", l, LOG_END);
+		}
 	}
+	free(lines);
 }
 
 /* The master key: OTPD_SECRET_KEY, or OTPD_DATA_DIR/secret.key, generated on first start
  * (mode 0600, written with O_EXCL so two processes starting together agree). */
-static int load_key(const struct config *cfg, uint8_t master[OTP_KEY_LEN], char *err, size_t cap)
+int command_load_key(const struct config *cfg, uint8_t master[OTP_KEY_LEN], char *err,
+                     size_t cap)
 {
 	char hex[2 * OTP_KEY_LEN + 2];
 	size_t bin_len = 0;
@@ -125,36 +158,7 @@ static int load_key(const struct config *cfg, uint8_t master[OTP_KEY_LEN], char 
 	return 0;
 }
 
-/* Build (and drop) the provider of every channel, as the outbox does at start, so
- * --check-config reports incomplete provider settings too. Prints each problem once;
- * returns how many there were. */
-static int check_providers(const struct config *cfg)
-{
-	static const char *const channels[] = {"sms", "email", "call", "telegram", "whatsapp"};
-	const char *seen[5] = {NULL};
-	int problems = 0;
-	if (cfg->dummy)
-		return 0;
-	for (int ch = 0; ch < 5; ch++) {
-		const char *name = config_channel_provider(cfg, ch);
-		bool dup = false;
-		for (int i = 0; i < ch; i++)
-			dup = dup || (seen[i] != NULL && strcmp(seen[i], name) == 0);
-		seen[ch] = name;
-		if (dup)
-			continue;
-		char err[512] = "";
-		struct provider *p = provider_new(name, cfg, err, sizeof err);
-		if (p == NULL) {
-			fprintf(stderr, "otpd: provider %s (for %s): %s\n", name, channels[ch], err);
-			problems++;
-		}
-		provider_free(p);
-	}
-	return problems;
-}
-
-static struct store *open_store(const struct config *cfg, char *err, size_t cap)
+struct store *command_open_store(const struct config *cfg, char *err, size_t cap)
 {
 	if (cfg->pg_host != NULL) {
 		struct store_pg_config pc = {
@@ -236,10 +240,140 @@ static void delivery_stats(void *arg, struct api_delivery_stats *out)
 	*out = (struct api_delivery_stats){.sent = st.sent, .retried = st.retried,
 	                                   .dead = st.dead, .released = st.released,
 	                                   .store_errors = st.store_errors};
+	for (size_t i = 0; i < st.n_providers && i < API_PROVIDERS_MAX; i++)
+		out->providers[out->n_providers++] = (struct api_provider_stats){
+			.name = st.providers[i].name, .sent = st.providers[i].sent,
+			.retried = st.providers[i].retried, .dead = st.providers[i].dead};
 }
 
-static int serve(const struct config *cfg)
+
+static void report_problem(void *arg, const char *var, int level, const char *text)
 {
+	int *errors = arg;
+	log_write(level == LOG_ERROR ? LOG_ERROR : LOG_WARN, "configuration problem", "var", var,
+	          "problem", text, LOG_END);
+	if (level == LOG_ERROR)
+		(*errors)++;
+}
+
+/* ---- signals and the service manager ------------------------------------------------ */
+
+static const int stop_signals[] = {SIGTERM, SIGINT, SIGQUIT};
+/* default action "terminate" (or stop), no use in otpd: taken and logged instead */
+static const int ignored_signals[] = {SIGUSR1, SIGUSR2, SIGALRM, SIGVTALRM, SIGPROF,
+                                      SIGPOLL, SIGTTIN, SIGTTOU, SIGXFSZ};
+
+static const char *signal_name(int sig)
+{
+	switch (sig) {
+	case SIGTERM: return "SIGTERM";
+	case SIGINT: return "SIGINT";
+	case SIGQUIT: return "SIGQUIT";
+	case SIGHUP: return "SIGHUP";
+	case SIGUSR1: return "SIGUSR1";
+	case SIGUSR2: return "SIGUSR2";
+	case SIGALRM: return "SIGALRM";
+	case SIGVTALRM: return "SIGVTALRM";
+	case SIGPROF: return "SIGPROF";
+	case SIGPOLL: return "SIGPOLL";
+	case SIGTTIN: return "SIGTTIN";
+	case SIGTTOU: return "SIGTTOU";
+	case SIGXFSZ: return "SIGXFSZ";
+	}
+	return "signal";
+}
+
+static void handled_signals(sigset_t *set)
+{
+	sigemptyset(set);
+	sigaddset(set, SIGHUP);
+	for (size_t i = 0; i < sizeof stop_signals / sizeof stop_signals[0]; i++)
+		sigaddset(set, stop_signals[i]);
+	for (size_t i = 0; i < sizeof ignored_signals / sizeof ignored_signals[0]; i++)
+		sigaddset(set, ignored_signals[i]);
+}
+
+static void notify_ready(const struct config *cfg, const char *store)
+{
+	char status[400];
+	snprintf(status, sizeof status, "READY=1\nSTATUS=serving on %s%s (%s)", cfg->listen,
+	         cfg->tls_cert ? " with TLS" : "", store);
+	sd_notify(0, status);
+}
+
+/* SIGHUP: the certificate and key are read again and served to new connections; a pair
+ * that cannot be used is logged and the old one kept. The log is stderr, which belongs to
+ * whoever started otpd (journald, docker, a shell redirect) and is rotated by them:
+ * there is nothing of otpd's to reopen. */
+static void reload(const struct config *cfg, struct http_server *http, struct http_tls **tls)
+{
+	char err[4400] = "", msg[64];
+	struct timespec mono;
+	clock_gettime(CLOCK_MONOTONIC, &mono);
+	snprintf(msg, sizeof msg, "RELOADING=1\nMONOTONIC_USEC=%llu",
+	         (unsigned long long)mono.tv_sec * 1000000ULL +
+	         (unsigned long long)mono.tv_nsec / 1000ULL);
+	sd_notify(0, msg);
+	if (*tls == NULL) {
+		log_write(LOG_INFO, "reload: no TLS configured, nothing to reload", "log",
+		          "stderr (not reopened: its owner rotates it)", LOG_END);
+	} else {
+		struct http_tls *fresh = NULL;
+		if (http_tls_load(cfg, &fresh, err, sizeof err) == 0 &&
+		    http_server_reload_tls(http, fresh, err, sizeof err) == 0) {
+			http_tls_free(*tls);
+			*tls = fresh;
+			log_write(LOG_INFO, "reload: TLS certificate and key reloaded", "cert",
+			          cfg->tls_cert, "log", "stderr (not reopened: its owner rotates it)",
+			          LOG_END);
+		} else {
+			http_tls_free(fresh);
+			log_write(LOG_ERROR, "reload: TLS pair refused, the previous one is kept",
+			          "error", err, LOG_END);
+		}
+	}
+	notify_ready(cfg, "reloaded");
+}
+
+/* Serve until a stop signal; returns it. */
+static int wait_for_stop(const struct config *cfg, struct http_server *http,
+                         struct http_tls **tls)
+{
+	sigset_t set;
+	uint64_t wd_usec = 0;
+	handled_signals(&set);
+	/* WATCHDOG=1 at half the interval the manager asked for (sd_watchdog_enabled(3)) */
+	bool watchdog = sd_watchdog_enabled(0, &wd_usec) > 0 && wd_usec > 0;
+	for (;;) {
+		siginfo_t info;
+		struct timespec wait = {3600, 0};
+		if (watchdog) {
+			uint64_t half = wd_usec / 2;
+			wait.tv_sec = (time_t)(half / 1000000u);
+			wait.tv_nsec = (long)(half % 1000000u) * 1000L;
+			sd_notify(0, "WATCHDOG=1");
+		}
+		int sig = sigtimedwait(&set, &info, &wait);
+		if (sig < 0)
+			continue; /* the watchdog's tick (EAGAIN), or EINTR */
+		for (size_t i = 0; i < sizeof stop_signals / sizeof stop_signals[0]; i++)
+			if (sig == stop_signals[i])
+				return sig;
+		if (sig == SIGHUP) {
+			reload(cfg, http, tls);
+			continue;
+		}
+		char pid[24];
+		snprintf(pid, sizeof pid, "%ld", (long)info.si_pid);
+		log_write(LOG_WARN, "signal ignored: otpd has no use for it", "signal",
+		          signal_name(sig), "from_pid", pid, LOG_END);
+	}
+}
+
+static int cmd_serve(const struct config *cfg, int argc, char **argv)
+{
+	if (no_arguments(argc, argv) != 0)
+		return 2;
 	char err[8192] = "";
 	int status = 1;
 	uint8_t master[OTP_KEY_LEN];
@@ -252,11 +386,23 @@ static int serve(const struct config *cfg)
 	struct api_metrics *metrics = NULL;
 	struct http_tls *tls = NULL;
 
+	warn_unknown_names();
 	if (cfg->php_pm_max_requests_set)
 		log_write(LOG_INFO, "PHP_PM_MAX_REQUESTS has no meaning for otpd and is ignored", LOG_END);
 	/* before anything is created: a bad file is a configuration error */
-	if (http_tls_load(cfg, &tls, err, sizeof err) != 0) {
-		fprintf(stderr, "otpd: %s\n", err);
+	if (http_tls_load(cfg, &tls, err, sizeof err) != 0 ||
+	    (tls != NULL && http_tls_check_files(cfg, now_unix(), err, sizeof err) != 0)) {
+		fatal("invalid configuration", err);
+		http_tls_free(tls);
+		return 2;
+	}
+	/* every channel's provider: known, complete, able to deliver it (all problems
+	 * listed, before anything is written) */
+	int provider_errors = 0;
+	provider_check_config(cfg, report_problem, &provider_errors);
+	if (provider_errors > 0) {
+		fatal("invalid configuration", "see the lines above");
+		http_tls_free(tls);
 		return 2;
 	}
 	struct stat kst;
@@ -265,42 +411,43 @@ static int serve(const struct config *cfg)
 		          cfg->tls_key, LOG_END);
 	if ((cfg->pg_host == NULL || cfg->secret_key == NULL) && mkdir(cfg->data_dir, 0700) != 0 &&
 	    errno != EEXIST) {
-		fprintf(stderr, "otpd: OTPD_DATA_DIR: cannot create %s: %s\n", cfg->data_dir,
-		        strerror(errno));
+		snprintf(err, sizeof err, "OTPD_DATA_DIR: cannot create %s: %s", cfg->data_dir,
+		         strerror(errno));
+		fatal("invalid configuration", err);
 		http_tls_free(tls);
 		return 2;
 	}
-	if (load_key(cfg, master, err, sizeof err) != 0) {
-		fprintf(stderr, "otpd: %s\n", err);
+	if (command_load_key(cfg, master, err, sizeof err) != 0) {
+		fatal("invalid configuration", err);
 		http_tls_free(tls);
 		return 2;
 	}
 	if (otp_key_init(&key, master) != 0) {
-		fprintf(stderr, "otpd: cannot initialise libsodium\n");
+		fatal("cannot initialise libsodium", "");
 		http_tls_free(tls);
 		return 1;
 	}
 	sodium_memzero(master, sizeof master);
 
-	store = open_store(cfg, err, sizeof err);
+	store = command_open_store(cfg, err, sizeof err);
 	if (store == NULL) {
-		fprintf(stderr, "otpd: store: %s\n", err);
+		fatal("store", err);
 		goto out;
 	}
 	outbox = outbox_new(cfg, store, &key, err, sizeof err);
 	if (outbox == NULL) {
-		fprintf(stderr, "otpd: delivery: %s\n", err);
+		fatal("invalid configuration", err);
 		status = 2;
 		goto out;
 	}
 	if (outbox_start(outbox) != 0) {
-		fprintf(stderr, "otpd: cannot start the delivery workers\n");
+		fatal("cannot start the delivery workers", "");
 		goto out;
 	}
 
 	metrics = api_metrics_new(OTPD_VERSION, store_name(store), (double)now_unix());
 	if (metrics == NULL) {
-		fprintf(stderr, "otpd: out of memory\n");
+		fatal("out of memory", "");
 		goto out;
 	}
 	struct api_ctx api = {
@@ -326,7 +473,7 @@ static int serve(const struct config *cfg)
 	};
 	http = http_server_start(cfg, &api, tls, err, sizeof err);
 	if (http == NULL) {
-		fprintf(stderr, "otpd: %s\n", err);
+		fatal("cannot serve", err);
 		goto out;
 	}
 	jan.store = store;
@@ -342,13 +489,10 @@ static int serve(const struct config *cfg)
 	          "threads", threads, "outbox_workers", workers, "dummy", cfg->dummy ? "true" : "false",
 	          LOG_END);
 
-	sigset_t set;
-	sigemptyset(&set);
-	sigaddset(&set, SIGTERM);
-	sigaddset(&set, SIGINT);
-	int sig = 0;
-	sigwait(&set, &sig);
-	log_write(LOG_INFO, "shutting down", "signal", sig == SIGTERM ? "SIGTERM" : "SIGINT", LOG_END);
+	notify_ready(cfg, store_name(store));
+	int sig = wait_for_stop(cfg, http, &tls);
+	log_write(LOG_INFO, "shutting down", "signal", signal_name(sig), LOG_END);
+	sd_notify(0, "STOPPING=1\nSTATUS=stopping: finishing requests and deliveries");
 	status = 0;
 
 out:;
@@ -384,18 +528,21 @@ out:;
 	return status;
 }
 
-static int migrate(const struct config *cfg)
+static int cmd_migrate(const struct config *cfg, int argc, char **argv)
 {
+	if (no_arguments(argc, argv) != 0)
+		return 2;
 	char err[8192] = "";
 	if (cfg->pg_host == NULL && mkdir(cfg->data_dir, 0700) != 0 && errno != EEXIST) {
-		fprintf(stderr, "otpd: OTPD_DATA_DIR: cannot create %s: %s\n", cfg->data_dir,
-		        strerror(errno));
+		snprintf(err, sizeof err, "OTPD_DATA_DIR: cannot create %s: %s", cfg->data_dir,
+		         strerror(errno));
+		fatal("invalid configuration", err);
 		return 2;
 	}
 	/* Opening a store applies its pending migrations. */
-	struct store *s = open_store(cfg, err, sizeof err);
+	struct store *s = command_open_store(cfg, err, sizeof err);
 	if (s == NULL) {
-		fprintf(stderr, "otpd: store: %s\n", err);
+		fatal("store", err);
 		return 1;
 	}
 	store_close(s);
@@ -404,11 +551,11 @@ static int migrate(const struct config *cfg)
 }
 
 /* otpd migrate-from-legacy [CONNINFO] [--schema S] [--timezone Z] */
-static int migrate_from_legacy(const struct config *cfg, int argc, char **argv)
+static int cmd_migrate_from_legacy(const struct config *cfg, int argc, char **argv)
 {
 	char err[8192] = "";
 	struct store_legacy_source src = {.seal_codes = cfg->password_readback};
-	for (int i = 2; i < argc; i++) {
+	for (int i = 1; i < argc; i++) {
 		if ((strcmp(argv[i], "--schema") == 0 || strcmp(argv[i], "--timezone") == 0) &&
 		    i + 1 < argc) {
 			if (strcmp(argv[i], "--schema") == 0)
@@ -418,15 +565,15 @@ static int migrate_from_legacy(const struct config *cfg, int argc, char **argv)
 		} else if (argv[i][0] != '-' && src.conninfo == NULL) {
 			src.conninfo = argv[i];
 		} else {
-			fprintf(stderr, "otpd: migrate-from-legacy: unexpected argument '%s'\n", argv[i]);
+			refuse_argument(argv[0], argv[i]);
 			return 2;
 		}
 	}
 	if (src.conninfo == NULL) {
 		if (cfg->pg_host == NULL) {
-			fprintf(stderr, "otpd: migrate-from-legacy: name the old database, e.g.\n"
-			                "  otpd migrate-from-legacy 'host=old-db dbname=otp user=otp'\n"
-			                "or set PG_* to it (the old tables may share otpd's database)\n");
+			fatal("migrate-from-legacy: name the old database",
+			      "otpd migrate-from-legacy 'host=old-db dbname=otp user=otp', or set PG_* "
+			      "to it (the old tables may share otpd's database)");
 			return 2;
 		}
 		src.host = cfg->pg_host;
@@ -438,21 +585,22 @@ static int migrate_from_legacy(const struct config *cfg, int argc, char **argv)
 			src.schema = cfg->pg_schema;
 	}
 	if (cfg->pg_host == NULL && mkdir(cfg->data_dir, 0700) != 0 && errno != EEXIST) {
-		fprintf(stderr, "otpd: OTPD_DATA_DIR: cannot create %s: %s\n", cfg->data_dir,
-		        strerror(errno));
+		snprintf(err, sizeof err, "OTPD_DATA_DIR: cannot create %s: %s", cfg->data_dir,
+		         strerror(errno));
+		fatal("invalid configuration", err);
 		return 2;
 	}
 	uint8_t master[OTP_KEY_LEN];
 	struct otp_key key;
-	if (load_key(cfg, master, err, sizeof err) != 0) {
-		fprintf(stderr, "otpd: %s\n", err);
+	if (command_load_key(cfg, master, err, sizeof err) != 0) {
+		fatal("invalid configuration", err);
 		return 2;
 	}
 	otp_key_init(&key, master);
 	sodium_memzero(master, sizeof master);
-	struct store *store = open_store(cfg, err, sizeof err);
+	struct store *store = command_open_store(cfg, err, sizeof err);
 	if (store == NULL) {
-		fprintf(stderr, "otpd: store: %s\n", err);
+		fatal("store", err);
 		otp_key_wipe(&key);
 		return 1;
 	}
@@ -461,7 +609,7 @@ static int migrate_from_legacy(const struct config *cfg, int argc, char **argv)
 	store_close(store);
 	otp_key_wipe(&key);
 	if (rc != 0) {
-		fprintf(stderr, "otpd: migrate-from-legacy: %s\n", err[0] ? err : otp_err_name(rc));
+		fatal("migrate-from-legacy failed", err[0] ? err : otp_err_name(rc));
 		return 1;
 	}
 	printf("imported %lld limit rules (%lld skipped), %lld live codes (%lld already present, "
@@ -471,69 +619,212 @@ static int migrate_from_legacy(const struct config *cfg, int argc, char **argv)
 	return 0;
 }
 
+
+/* ---- --check-config ----------------------------------------------------------------- */
+
+/* Can otpd create files in `dir` (or create `dir` itself)? Tried for real, with a file
+ * made and removed at once, since access(2) says yes to root on a read-only mount.
+ * Nothing is left behind: a missing directory is probed in its nearest existing parent. */
+static bool dir_writable(const char *dir, char *why, size_t cap)
+{
+	char probe[4200], path[4100];
+	snprintf(path, sizeof path, "%s", dir);
+	for (;;) {
+		struct stat st;
+		if (stat(path, &st) == 0) {
+			if (!S_ISDIR(st.st_mode)) {
+				snprintf(why, cap, "%s is not a directory", path);
+				return false;
+			}
+			break;
+		}
+		char *slash = strrchr(path, '/');
+		if (slash == NULL) {
+			snprintf(path, sizeof path, ".");
+			continue;
+		}
+		if (slash == path) {
+			path[1] = '\0';
+			continue;
+		}
+		*slash = '\0';
+	}
+	snprintf(probe, sizeof probe, "%s/.otpd-check-XXXXXX", path);
+	int fd = mkstemp(probe);
+	if (fd < 0) {
+		snprintf(why, cap, "cannot create files in %s: %s", path, strerror(errno));
+		return false;
+	}
+	close(fd);
+	unlink(probe);
+	return true;
+}
+
+static int cmd_check_config(const struct config *cfg, int argc, char **argv)
+{
+	int errors = 0;
+	char err[4400] = "";
+	if (no_arguments(argc, argv) != 0)
+		return 2;
+	char *lines = NULL;
+	if (config_unknown_names(environ, &lines) > 0) {
+		for (char *l = lines, *nl; l != NULL && *l; l = nl + 1) {
+			nl = strchr(l, '\n');
+			if (nl == NULL)
+				break;
+			*nl = '\0';
+			char *colon = strchr(l, ':');
+			if (colon != NULL)
+				*colon = '\0';
+			log_write(LOG_ERROR, "configuration problem", "var", l, "problem",
+			          colon ? colon + 2 : "unknown variable", LOG_END);
+			errors++;
+		}
+	}
+	free(lines);
+	provider_check_config(cfg, report_problem, &errors); /* counts into errors */
+	struct http_tls *tls = NULL;
+	if (http_tls_load(cfg, &tls, err, sizeof err) != 0 ||
+	    http_tls_check_files(cfg, now_unix(), err, sizeof err) != 0) {
+		char var[32];
+		snprintf(var, sizeof var, "%.*s", (int)strcspn(err, ": "), err);
+		log_write(LOG_ERROR, "configuration problem", "var", var, "problem", err, LOG_END);
+		errors++;
+	}
+	http_tls_free(tls);
+	if (cfg->pg_host == NULL || cfg->secret_key == NULL) {
+		if (!dir_writable(cfg->data_dir, err, sizeof err)) {
+			log_write(LOG_ERROR, "configuration problem", "var", "OTPD_DATA_DIR", "problem",
+			          err, LOG_END);
+			errors++;
+		}
+	}
+	if (errors == 0)
+		config_dump(cfg, stdout);
+	return errors == 0 ? 0 : 2;
+}
+
+
+/* ---- the command table -------------------------------------------------------------- */
+
+static int cmd_help(const struct config *cfg, int argc, char **argv);
+
+static int cmd_version(const struct config *cfg, int argc, char **argv)
+{
+	(void)cfg;
+	if (no_arguments(argc, argv) != 0)
+		return 2;
+	printf("otpd %s\n", OTPD_VERSION);
+	return 0;
+}
+
+/* One row per command: add a command by adding a row (its handler may live in its own
+ * file, declared in commands.h). `alias` is a second spelling (-t, -V); `config`: the
+ * handler gets the loaded configuration (else NULL). */
+static const struct command commands[] = {
+	{"serve", NULL, cmd_serve, true, "serve HTTP (the default: otpd with no command)"},
+	{"--check-config", "-t", cmd_check_config, true,
+	 "validate the configuration as a start would (unknown variables, URLs, the TLS pair, "
+	 "the data directory, providers and their channels), print it; exit 0 or 2"},
+	{"health", NULL, cmd_health, true,
+	 "ask the otpd of OTPD_LISTEN for GET /health (HTTPS with OTPD_TLS_CERT); exit 0 or 1"},
+	{"migrate", NULL, cmd_migrate, true, "apply pending database migrations and exit"},
+	{"migrate-from-legacy", NULL, cmd_migrate_from_legacy, true,
+	 "[CONNINFO] [--schema S] [--timezone Z]: import the old service's otp_limit rules "
+	 "and live otp_password codes (default: the database and schema of PG_*)"},
+	{"app", NULL, cmd_app, true,
+	 "create|list|show|update|delete: the apps of the native API and their settings "
+	 "(otpd app --help)"},
+	{"key", NULL, cmd_key, true,
+	 "create|list|revoke: API keys of an app, or admin keys (otpd key --help)"},
+	{"--help", "-h", cmd_help, false, "print this help"},
+	{"--version", "-V", cmd_version, false, "print the version"},
+};
+
+#define N_COMMANDS (sizeof commands / sizeof commands[0])
+
+static int cmd_help(const struct config *cfg, int argc, char **argv)
+{
+	(void)cfg;
+	if (no_arguments(argc, argv) != 0)
+		return 2;
+	printf("usage: otpd [command] [arguments]\n");
+	for (size_t i = 0; i < N_COMMANDS; i++) {
+		char name[64];
+		snprintf(name, sizeof name, "%s%s%s", commands[i].name, commands[i].alias ? ", " : "",
+		         commands[i].alias ? commands[i].alias : "");
+		printf("  %-22s %s\n", name, commands[i].help);
+	}
+	printf("Signals: TERM/INT/QUIT stop gracefully, HUP reloads the TLS certificate and "
+	       "key, USR1/USR2 and others are ignored (logged).\n");
+	printf("Environment variables:\n");
+	for (size_t i = 0; i < config_var_count(); i++) {
+		const char *def = config_var_default(i);
+		printf("  %-34s %s%s%s%s\n", config_var_name(i), config_var_help(i),
+		       def ? " [default: " : "", def ? def : "", def ? "]" : "");
+	}
+	return 0;
+}
+
+static const struct command *command_find(const char *name)
+{
+	for (size_t i = 0; i < N_COMMANDS; i++)
+		if (strcmp(commands[i].name, name) == 0 ||
+		    (commands[i].alias != NULL && strcmp(commands[i].alias, name) == 0))
+			return &commands[i];
+	return NULL;
+}
+
 int main(int argc, char **argv)
 {
-	const char *cmd = argc > 1 ? argv[1] : NULL;
-	if (cmd != NULL && (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0)) {
-		usage(stdout);
-		return 0;
-	}
-	if (cmd != NULL && strcmp(cmd, "--version") == 0) {
-		printf("otpd %s\n", OTPD_VERSION);
-		return 0;
-	}
-	if (cmd != NULL && strcmp(cmd, "--check-config") != 0 && strcmp(cmd, "migrate") != 0 &&
-	    strcmp(cmd, "migrate-from-legacy") != 0) {
-		fprintf(stderr, "otpd: unknown command '%s'\n", cmd);
-		usage(stderr);
+	log_set_journal(config_stderr_is_journal(env_get, NULL));
+	const struct command *cmd = command_find(argc > 1 ? argv[1] : "serve");
+	if (cmd == NULL) {
+		log_write(LOG_FATAL, "unknown command", "command", argv[1], "usage",
+		          "otpd [command] [arguments]; otpd --help lists them", LOG_END);
 		return 2;
 	}
+	/* the handler sees its own name as argv[0] */
+	int cargc = argc > 1 ? argc - 1 : 1;
+	char *self[] = {(char *)cmd->name, NULL};
+	char **cargv = argc > 1 ? argv + 1 : self;
+	if (!cmd->config)
+		return cmd->run(NULL, cargc, cargv);
 
 	struct config *cfg = NULL;
 	char *errs = NULL;
 	int rc = config_load(env_get, NULL, &cfg, &errs);
 	if (rc != 0) {
-		fprintf(stderr, "otpd: invalid configuration:\n%s", errs ? errs : "out of memory\n");
+		/* one line per problem, each naming its variable ("VAR: what is wrong") */
+		for (char *l = errs, *nl; l != NULL && *l; l = nl + 1) {
+			nl = strchr(l, '\n');
+			if (nl != NULL)
+				*nl = '\0';
+			char var[64];
+			snprintf(var, sizeof var, "%.*s", (int)strcspn(l, ":"), l);
+			log_write(LOG_ERROR, "configuration problem", "var", var, "problem", l, LOG_END);
+			if (nl == NULL)
+				break;
+		}
+		fatal("invalid configuration", errs ? "see the lines above" : "out of memory");
 		free(errs);
 		return 2;
 	}
 	log_set_level((enum log_level)cfg->log_level);
-
-	if (cmd != NULL && strcmp(cmd, "--check-config") == 0) {
-		int problems = check_providers(cfg);
-		struct http_tls *tls = NULL;
-		char terr[4400] = "";
-		if (http_tls_load(cfg, &tls, terr, sizeof terr) != 0) {
-			fprintf(stderr, "otpd: %s\n", terr);
-			problems++;
-		}
-		http_tls_free(tls);
-		if (problems == 0)
-			config_dump(cfg, stdout);
-		config_free(cfg);
-		return problems == 0 ? 0 : 2;
-	}
 	if (sodium_init() < 0) {
-		fprintf(stderr, "otpd: cannot initialise libsodium\n");
+		fatal("cannot initialise libsodium", "");
 		config_free(cfg);
 		return 1;
 	}
-	int status;
-	if (cmd != NULL && strcmp(cmd, "migrate") == 0) {
-		status = migrate(cfg);
-	} else if (cmd != NULL && strcmp(cmd, "migrate-from-legacy") == 0) {
-		status = migrate_from_legacy(cfg, argc, argv);
-	} else {
+	if (cmd->run == cmd_serve) {
 		/* Block the signals before any thread exists so every thread inherits the mask
-		 * and only sigwait() in serve() receives them. */
+		 * and only the main loop receives them. */
 		sigset_t set;
-		sigemptyset(&set);
-		sigaddset(&set, SIGTERM);
-		sigaddset(&set, SIGINT);
+		handled_signals(&set);
 		pthread_sigmask(SIG_BLOCK, &set, NULL);
 		signal(SIGPIPE, SIG_IGN);
-		status = serve(cfg);
 	}
+	int status = cmd->run(cfg, cargc, cargv);
 	config_free(cfg);
 	return status;
 }

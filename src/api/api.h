@@ -55,6 +55,7 @@ struct api_response {
 	const char *content_type;     /* of text: static string */
 	int route;                    /* the route that answered (routes.h), -1: none */
 	bool basic_challenge;         /* 401 of Basic auth: add WWW-Authenticate */
+	char reason[32];              /* an error answer's otp_error reason, else "" */
 	/* more headers (Retry-After, Location...): name static, value owned here */
 	struct {
 		const char *name;

@@ -3,7 +3,9 @@
  * (version 0.0.4): HTTP requests per route and status with a latency histogram, sends
  * and checks per channel by outcome, the outbox's delivery outcomes (read at scrape
  * time through struct api_ctx's delivery_stats callback), and the backlog of the shared
- * outbox (read from the store at scrape time).
+ * outbox (read from the store at scrape time), refusals by route and reason, and the
+ * process_* family of the Prometheus client libraries (CPU, memory, descriptors, start
+ * time, read from /proc/self at scrape time).
  *
  * Labels come only from fixed sets (the route table, the channels, HTTP statuses
  * 100..599), never from what a client sent, so a scan of random paths cannot grow the
@@ -23,9 +25,17 @@
 
 struct api_metrics;
 
-/* What the outbox has done since start (main.c fills it from outbox.h). */
+/* What the outbox has done since start (main.c fills it from outbox.h), in all and by
+ * provider (names are static strings from a fixed set: the provider registry). */
+#define API_PROVIDERS_MAX 17
+struct api_provider_stats {
+	const char *name;
+	long long sent, retried, dead;
+};
 struct api_delivery_stats {
 	long long sent, retried, dead, released, store_errors;
+	struct api_provider_stats providers[API_PROVIDERS_MAX];
+	size_t n_providers;
 };
 
 /* NULL when out of memory. `store` names the backend for otpd_build_info. */
@@ -40,7 +50,22 @@ enum api_send_outcome { API_SEND_ACCEPTED, API_SEND_LIMITED, API_SEND_INVALID, A
 void api_metrics_send(struct api_metrics *m, enum otp_channel ch, enum api_send_outcome o);
 
 enum api_check_outcome { API_CHECK_TRUE, API_CHECK_FALSE, API_CHECK_FAILED };
+
+/* A request of route `route` (-1: none) refused with HTTP `status` >= 400 and the
+ * answer's machine-readable code (`status_code`; NULL or "" when it has none). Counted
+ * by route and reason, the reason from a fixed set (unknown codes count as "other"),
+ * so every refused send is counted by why: a limit, a bad field, auth, the store... */
+void api_metrics_refusal(struct api_metrics *m, int route, int status, const char *code);
 void api_metrics_check(struct api_metrics *m, enum otp_channel ch, enum api_check_outcome o);
+
+/* What the HTTP edge did to a connection instead of answering it: refused it at
+ * accept (over OTPD_MAX_CONNECTIONS or OTPD_MAX_CONNECTIONS_PER_IP), or closed it when
+ * its head or body did not arrive in time. m may be NULL. */
+enum api_edge_event {
+	API_EDGE_REFUSED_MAX, API_EDGE_REFUSED_PER_IP, API_EDGE_TIMEOUT_HEAD,
+	API_EDGE_TIMEOUT_BODY, API_EDGE_N
+};
+void api_metrics_edge(struct api_metrics *m, enum api_edge_event ev);
 
 /* The whole exposition as a malloc'd string (caller frees), or NULL when out of memory.
  * `delivery` may be NULL (no outbox). `backlog` is what the store answered at `now`

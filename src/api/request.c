@@ -34,6 +34,8 @@ int api_status_for(const struct otp_error *e)
 	case OTP_ERR_METHOD: return 405;
 	case OTP_ERR_CONFLICT: return 409;
 	case OTP_ERR_HEADERS: return 431;
+	case OTP_ERR_URI_TOO_LONG: return 414;
+	case OTP_ERR_UNSUPPORTED: return 501;
 	case OTP_ERR_STORE: return 503;
 	case OTP_ERR_PROVIDER: return 502;
 	}

@@ -152,6 +152,7 @@ static void render(const struct api_route *r, const struct otp_error *e,
 {
 	const struct api_dialect *d = r != NULL ? r->dialect : &api_dialect_compat;
 	d->error(r, e, resp);
+	snprintf(resp->reason, sizeof resp->reason, "%s", e->reason);
 }
 
 static bool basic_configured(const struct api_ctx *ctx)

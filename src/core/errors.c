@@ -52,6 +52,8 @@ const char *otp_err_name(int code)
 	case OTP_ERR_PERMANENT: return "permanent";
 	case OTP_ERR_CONFLICT: return "conflict";
 	case OTP_ERR_HEADERS: return "headers";
+	case OTP_ERR_URI_TOO_LONG: return "uri_too_long";
+	case OTP_ERR_UNSUPPORTED: return "unsupported";
 	}
 	return "unknown";
 }

@@ -25,6 +25,8 @@ enum otp_err {
 	OTP_ERR_PERMANENT = -12,  /* a delivery provider refused for good (not retryable) */
 	OTP_ERR_CONFLICT = -13,   /* 409 */
 	OTP_ERR_HEADERS = -14,    /* too many or too large request headers: 431 */
+	OTP_ERR_URI_TOO_LONG = -15, /* request target over the limit: 414 */
+	OTP_ERR_UNSUPPORTED = -16, /* a transfer coding otpd does not implement: 501 */
 };
 
 /*

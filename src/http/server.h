@@ -34,4 +34,12 @@ void http_server_drain(struct http_server *s, int deadline_s);
 /* Close everything and free. Accepts NULL. */
 void http_server_stop(struct http_server *s);
 
+/* Serve new connections with the certificate and key of `tls` (loaded by
+ * http_tls_load; it must outlive the call only): 0 when they do, -1 with the reason in
+ * err when the pair is refused, and the previous pair keeps serving. Connections
+ * already open finish on the old pair (for at most OTPD_SHUTDOWN_TIMEOUT). Main thread
+ * only. */
+int http_server_reload_tls(struct http_server *s, const struct http_tls *tls, char *err,
+                           size_t cap);
+
 #endif

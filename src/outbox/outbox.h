@@ -29,9 +29,17 @@ void outbox_notify(struct outbox *o);
 void outbox_stop(struct outbox *o, int deadline_s);
 void outbox_free(struct outbox *o);
 
-/* Delivery outcomes of this process since start (the counters the log reports). */
+/* Delivery outcomes of this process since start (the counters the log reports), in all
+ * and by provider (every provider of the registry, then "other"). */
+#define OUTBOX_PROVIDERS_MAX 16
+struct outbox_provider_stats {
+	const char *name;             /* static: the registry's name, or "other" */
+	long long sent, retried, dead;
+};
 struct outbox_stats {
 	long long sent, retried, dead, released, store_errors;
+	struct outbox_provider_stats providers[OUTBOX_PROVIDERS_MAX + 1];
+	size_t n_providers;
 };
 void outbox_stats(struct outbox *o, struct outbox_stats *out);
 

@@ -42,7 +42,11 @@
  * wherever the provider echoed it; the decrypted message is wiped after the send.
  *
  * Providers: one per distinct provider name in use by the five channels is built by
- * outbox_new(), which fails when one cannot be built (unknown name, missing settings).
+ * outbox_new(), which fails when one cannot be built (unknown name, missing settings)
+ * or is chosen for a channel it does not deliver (provider_check_config). Each worker
+ * owns one provider_session (a libcurl handle whose connections stay open between its
+ * deliveries), so a busy worker reuses its connection to a provider instead of opening
+ * one per message; it is made when the thread starts and freed when it exits.
  * A job names the provider chosen when it was sent; if that name is no longer configured
  * the provider is built lazily from the current configuration and kept, and if it cannot
  * be built the job is declared dead with the reason (the configuration is immutable, so
@@ -103,6 +107,7 @@ struct outbox_slot {
 struct outbox_worker {
 	struct outbox *o;
 	int index;
+	struct provider_session *session; /* this thread's connections; NULL: one-off */
 	pthread_t thread;
 	bool created, joined;
 	bool exited;                     /* guarded by o->mu */
@@ -136,6 +141,8 @@ struct outbox {
 	int n_workers;
 
 	atomic_llong n_sent, n_retry, n_dead, n_released, n_store_errors;
+	/* outcomes by provider: index in the registry, the last row for any other name */
+	atomic_llong by_provider[OUTBOX_PROVIDERS_MAX + 1][3];
 };
 
 /* ---- logging ------------------------------------------------------------------------ */
@@ -383,8 +390,21 @@ static int mark(struct outbox *o, const struct store_job *job, enum outcome oc,
 	return rc;
 }
 
+/* The registry index of a provider name, OUTBOX_PROVIDERS_MAX for any other name. */
+static size_t provider_row(const char *name)
+{
+	for (size_t i = 0; i < OUTBOX_PROVIDERS_MAX; i++) {
+		const struct provider_def *d = provider_def_at(i);
+		if (d == NULL)
+			break;
+		if (strcmp(d->name, name) == 0)
+			return i;
+	}
+	return OUTBOX_PROVIDERS_MAX;
+}
+
 /* Try one claimed job and record the outcome. The job stays owned by the caller. */
-static void deliver(struct outbox *o, const struct store_job *job)
+static void deliver(struct outbox *o, struct outbox_worker *w, const struct store_job *job)
 {
 	const struct config *cfg = o->cfg;
 	struct otp_message msg;
@@ -448,7 +468,7 @@ static void deliver(struct outbox *o, const struct store_job *job)
 	}
 
 	t0 = mono_ms();
-	rc = provider_send(p, &msg, job->id, &res);
+	rc = provider_send(p, w->session, &msg, job->id, &res);
 	took_ms = mono_ms() - t0;
 	now = wall_s();
 	if (rc == 0) {
@@ -496,6 +516,7 @@ record:
 		          "err", otp_err_name(rc), LOG_END);
 		return;
 	}
+	atomic_fetch_add(&o->by_provider[provider_row(job->provider)][oc], 1);
 	switch (oc) {
 	case OUT_SENT: atomic_fetch_add(&o->n_sent, 1); break;
 	case OUT_RETRY:
@@ -568,7 +589,7 @@ static void run_batch(struct outbox *o, struct outbox_worker *w)
 		job = w->jobs[w->next++];
 		pthread_mutex_unlock(&o->mu);
 
-		deliver(o, &job);
+		deliver(o, w, &job);
 		store_job_fini(&job);
 	}
 }
@@ -583,6 +604,16 @@ void outbox_stats(struct outbox *o, struct outbox_stats *out)
 	out->dead = atomic_load(&o->n_dead);
 	out->released = atomic_load(&o->n_released);
 	out->store_errors = atomic_load(&o->n_store_errors);
+	for (size_t i = 0; i <= OUTBOX_PROVIDERS_MAX; i++) {
+		const struct provider_def *d = i < OUTBOX_PROVIDERS_MAX ? provider_def_at(i) : NULL;
+		if (d == NULL && i < OUTBOX_PROVIDERS_MAX)
+			continue;
+		struct outbox_provider_stats *ps = &out->providers[out->n_providers++];
+		ps->name = d != NULL ? d->name : "other";
+		ps->sent = atomic_load(&o->by_provider[i][OUT_SENT]);
+		ps->retried = atomic_load(&o->by_provider[i][OUT_RETRY]);
+		ps->dead = atomic_load(&o->by_provider[i][OUT_DEAD]);
+	}
 }
 
 static void log_counters(struct outbox *o, const char *msg)
@@ -603,6 +634,9 @@ static void *worker_main(void *arg)
 	int64_t store_wait = 0, stats_at = mono_ms() + OUTBOX_STATS_EVERY_MS;
 	long long stats_seen = -1;
 	bool polled = true;                 /* the last sleep ran out (or none yet) */
+
+	/* without a session every delivery opens its own connection: slower, still right */
+	w->session = provider_session_new();
 
 	for (;;) {
 		uint64_t gen;
@@ -667,6 +701,8 @@ static void *worker_main(void *arg)
 		polled = wait_idle(o, polled);
 	}
 
+	provider_session_free(w->session);
+	w->session = NULL;
 	pthread_mutex_lock(&o->mu);
 	w->exited = true;
 	o->running--;
@@ -676,6 +712,26 @@ static void *worker_main(void *arg)
 }
 
 /* ---- the interface ------------------------------------------------------------------ */
+
+/* provider_check_config's reporter for outbox_new: warnings are logged, the first error
+ * becomes the reason outbox_new gives. */
+struct channel_check {
+	char *err;
+	size_t cap;
+	bool have;
+};
+
+static void channel_report(void *arg, const char *var, int level, const char *text)
+{
+	struct channel_check *cc = arg;
+	if (level != LOG_ERROR) {
+		log_write(LOG_WARN, text, "var", var, LOG_END);
+		return;
+	}
+	if (!cc->have)
+		snprintf(cc->err, cc->cap, "%s: %s", var, text);
+	cc->have = true;
+}
 
 struct outbox *outbox_new(const struct config *cfg, struct store *store,
                           const struct otp_key *key, char *err, size_t cap)
@@ -731,6 +787,11 @@ struct outbox *outbox_new(const struct config *cfg, struct store *store,
 		return NULL;
 	}
 
+	struct channel_check cc = {.err = err, .cap = cap};
+	if (provider_check_config(cfg, channel_report, &cc) > 0) {
+		outbox_free(o);
+		return NULL;
+	}
 	for (int ch = 0; ch < OTP_CH_COUNT; ch++) {
 		const char *name;
 		char why[PROVIDER_ERROR_MAX] = "";

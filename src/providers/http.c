@@ -1,13 +1,22 @@
 /*
- * http.c - POST through libcurl for the HTTP providers: one easy handle per call, a total
- * timeout of cfg->provider_timeout seconds, http/https only, no redirects, no signals,
- * and an answer kept up to PROVIDER_HTTP_BODY_MAX bytes. Errors never contain the URL
- * (a Telegram Bot URL holds its token) and are scrubbed of req->redact.
+ * http.c - POST through libcurl for the HTTP providers: a total timeout of
+ * cfg->provider_timeout seconds, http/https only, no redirects, no signals, and an
+ * answer kept up to PROVIDER_HTTP_BODY_MAX bytes. Errors never contain the URL (a
+ * Telegram Bot URL holds its token) and are scrubbed of req->redact.
+ *
+ * DESIGN: a provider_session is one libcurl easy handle owned by one outbox worker
+ * thread. curl_easy_reset() between transfers clears every option (so nothing of one
+ * provider's request leaks into the next: headers, credentials, body) but keeps the
+ * handle's connection cache, DNS cache and TLS session ids, so consecutive deliveries
+ * to one provider reuse its connection (HTTP keep-alive, one TLS handshake) instead of
+ * opening a new one each time. Without a session a call makes and drops its own handle.
  */
 #include "providers/http.h"
 
 #include <curl/curl.h>
+#include <sodium.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "core/errors.h"
@@ -54,8 +63,57 @@ int provider_http_classify(long status)
 	return OTP_ERR_PERMANENT;
 }
 
-int provider_http_post(const struct config *cfg, const struct provider_http_req *req,
-                       struct provider_http_resp *resp, char *err, size_t cap)
+struct provider_session {
+	CURL *h;
+	bool busy;       /* handed out and not yet put back: a bug if asked again */
+};
+
+struct provider_session *provider_session_new(void)
+{
+	provider_global_init();
+	struct provider_session *s = calloc(1, sizeof *s);
+	if (s != NULL && (s->h = curl_easy_init()) == NULL) {
+		free(s);
+		s = NULL;
+	}
+	return s;
+}
+
+void provider_session_free(struct provider_session *s)
+{
+	if (s == NULL)
+		return;
+	curl_easy_cleanup(s->h);
+	free(s);
+}
+
+CURL *provider_session_get(struct provider_session *s)
+{
+	provider_global_init();
+	if (s == NULL || s->busy)
+		return curl_easy_init();
+	s->busy = true;
+	curl_easy_reset(s->h);
+	return s->h;
+}
+
+void provider_session_put(struct provider_session *s, CURL *h)
+{
+	if (h == NULL)
+		return;
+	if (s != NULL && s->h == h) {
+		/* the request's buffers (headers, body, error buffer) die with the caller's
+		 * frame: no option may keep pointing at them */
+		curl_easy_reset(h);
+		s->busy = false;
+		return;
+	}
+	curl_easy_cleanup(h);
+}
+
+int provider_http_post(const struct config *cfg, struct provider_session *s,
+                       const struct provider_http_req *req, struct provider_http_resp *resp,
+                       char *err, size_t cap)
 {
 	int rc = OTP_ERR_NOMEM;
 	CURL *h = NULL;
@@ -63,7 +121,6 @@ int provider_http_post(const struct config *cfg, const struct provider_http_req 
 	char errbuf[CURL_ERROR_SIZE] = "";
 	char ctype[128];
 
-	provider_global_init();
 	resp->status = 0;
 	resp->len = 0;
 	resp->truncated = false;
@@ -71,7 +128,7 @@ int provider_http_post(const struct config *cfg, const struct provider_http_req 
 	if (cap > 0)
 		err[0] = '\0';
 
-	h = curl_easy_init();
+	h = provider_session_get(s);
 	if (h == NULL) {
 		snprintf(err, cap, "cannot create an HTTP client");
 		goto out;
@@ -152,7 +209,47 @@ int provider_http_post(const struct config *cfg, const struct provider_http_req 
 	curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &resp->status);
 	rc = 0;
 out:
+	provider_session_put(s, h);
 	curl_slist_free_all(hdrs);
-	curl_easy_cleanup(h);
 	return rc;
 }
+
+int provider_http_send(const struct config *cfg, struct provider_session *s,
+                       const struct provider_http_req *req, struct provider_http_resp *resp,
+                       struct provider_result *r)
+{
+	resp->status = 0;
+	resp->len = 0;
+	resp->body[0] = '\0';
+	int rc = provider_http_post(cfg, s, req, resp, r->error, sizeof r->error);
+	if (rc != 0)
+		return rc;
+	rc = provider_http_classify(resp->status);
+	if (rc != 0)
+		snprintf(r->error, sizeof r->error, "HTTP %ld", resp->status);
+	return rc;
+}
+
+int provider_post_json(const struct config *cfg, struct provider_session *s,
+                       struct provider_http_req *req, json_t *doc,
+                       struct provider_http_resp *resp, struct provider_result *r)
+{
+	resp->status = 0;
+	if (doc == NULL)
+		return provider_fail(r, OTP_ERR_PERMANENT, "message cannot be encoded as JSON");
+	/* jansson checked every string when it was made: dumping fails only for memory */
+	char *body = json_dumps(doc, PROVIDER_JSON_FLAGS);
+	json_decref(doc);
+	if (body == NULL)
+		return provider_fail(r, OTP_ERR_NOMEM, "out of memory");
+	req->content_type = "application/json";
+	req->body = body;
+	req->body_len = strlen(body);
+	int rc = provider_http_send(cfg, s, req, resp, r);
+	sodium_memzero(body, req->body_len);
+	free(body);
+	req->body = NULL;
+	req->body_len = 0;
+	return rc;
+}
+

@@ -3,7 +3,9 @@
  * through libcurl, bounded in time (cfg->provider_timeout) and in the bytes of the answer
  * it keeps. It reports transport failures as text without the URL or credentials, and
  * maps HTTP statuses to "delivered / retry / permanent". Internal to src/providers/.
- * Thread-safety: every call uses its own curl easy handle; callable from any thread.
+ * Thread-safety: a call with a session uses that session's easy handle (one session per
+ * thread, so its connections are reused across that thread's deliveries: keep-alive);
+ * a call without one uses a handle of its own. Callable from any thread.
  */
 #ifndef OTPD_PROVIDERS_HTTP_H
 #define OTPD_PROVIDERS_HTTP_H
@@ -15,6 +17,7 @@
 #include <curl/curl.h>
 
 #include "config.h"
+#include "providers/provider.h"
 
 #define PROVIDER_HTTP_BODY_MAX 16384u /* bytes of an answer kept; the rest is dropped */
 
@@ -49,8 +52,15 @@ struct provider_http_resp {
  * timeout: worth retrying); OTP_ERR_PERMANENT when the URL itself is unusable;
  * OTP_ERR_NOMEM. On failure err holds a short reason: no URL, no credentials.
  */
-int provider_http_post(const struct config *cfg, const struct provider_http_req *req,
-                       struct provider_http_resp *resp, char *err, size_t cap);
+int provider_http_post(const struct config *cfg, struct provider_session *s,
+                       const struct provider_http_req *req, struct provider_http_resp *resp,
+                       char *err, size_t cap);
+
+/* The easy handle to use for one transfer: the session's, reset to libcurl's defaults
+ * but keeping its live connections (curl_easy_reset), or a new one when s is NULL.
+ * Give it back with provider_session_put. NULL when out of memory. */
+CURL *provider_session_get(struct provider_session *s);
+void provider_session_put(struct provider_session *s, CURL *h);
 
 /* 0 for 2xx; OTP_ERR_PROVIDER for 408, 429 and 5xx (try again later); OTP_ERR_PERMANENT
  * for everything else (4xx, redirects we do not follow, nonsense). */

@@ -1,10 +1,13 @@
 /*
- * impl.h - what the provider implementations share, and their constructors for the
- * registry in provider.c. Internal to src/providers/ (and its unit test): the rest of
- * otpd goes through provider.h only.
+ * impl.h - what the provider implementations share (common.c: errors, buffers, library
+ * init; http.c: the outbound HTTP client). Internal to src/providers/ (and its unit
+ * test): the rest of otpd goes through provider.h only. Each provider file defines one
+ * `const struct provider_def provider_<name>_def` for the registry (list.h).
  * Constructors borrow cfg: it must outlive the provider (the configuration is immutable
  * and lives as long as the process). They check their settings and return NULL with a
  * reason naming the missing or bad variable.
+ * Layering inside the folder: common.c <- http.c <- each provider <- provider.c (the
+ * registry); nothing calls back up.
  */
 #ifndef OTPD_PROVIDERS_IMPL_H
 #define OTPD_PROVIDERS_IMPL_H
@@ -22,14 +25,6 @@
  * order. (PHP also wrote "/" as "\/"; jansson does not, and both parse the same.) */
 #define PROVIDER_JSON_FLAGS (JSON_COMPACT | JSON_PRESERVE_ORDER)
 
-struct provider *provider_log_new(const struct config *cfg, char *err, size_t cap);
-struct provider *provider_queue_new(const struct config *cfg, char *err, size_t cap);
-struct provider *provider_telegram_new(const struct config *cfg, char *err, size_t cap);
-struct provider *provider_telegram_bot_new(const struct config *cfg, char *err, size_t cap);
-struct provider *provider_smtp_new(const struct config *cfg, char *err, size_t cap);
-struct provider *provider_twilio_new(const struct config *cfg, char *err, size_t cap);
-struct provider *provider_whatsapp_new(const struct config *cfg, char *err, size_t cap);
-struct provider *provider_webhook_new(const struct config *cfg, char *err, size_t cap);
 
 /* curl_global_init and sodium_init, exactly once per process, from any thread. */
 void provider_global_init(void);
@@ -67,8 +62,9 @@ void provider_copy_detail(char *out, size_t cap, const char *detail);
  * "HTTP <status>" or the transport failure. resp holds the answer whenever one came
  * (resp->status != 0), so the caller can refine the error from its body.
  */
-int provider_http_send(const struct config *cfg, const struct provider_http_req *req,
-                       struct provider_http_resp *resp, struct provider_result *r);
+int provider_http_send(const struct config *cfg, struct provider_session *s,
+                       const struct provider_http_req *req, struct provider_http_resp *resp,
+                       struct provider_result *r);
 
 /*
  * provider_http_send of a JSON document: `doc` (owned: always released) is encoded with
@@ -77,7 +73,8 @@ int provider_http_send(const struct config *cfg, const struct provider_http_req 
  * not be built) fails as OTP_ERR_PERMANENT, an encoding out of memory as OTP_ERR_NOMEM
  * (both with resp->status 0).
  */
-int provider_post_json(const struct config *cfg, struct provider_http_req *req, json_t *doc,
+int provider_post_json(const struct config *cfg, struct provider_session *s,
+                       struct provider_http_req *req, json_t *doc,
                        struct provider_http_resp *resp, struct provider_result *r);
 
 /* Parse a chat id (decimal, may be negative) as Telegram wants it. 0 or OTP_ERR_INVALID. */

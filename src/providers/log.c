@@ -18,10 +18,11 @@ struct log_provider {
 	bool show_codes;
 };
 
-static int log_send(struct provider *p, const struct otp_message *m, int64_t job_id,
-                    struct provider_result *r)
+static int log_send(struct provider *p, struct provider_session *sess,
+                    const struct otp_message *m, int64_t job_id, struct provider_result *r)
 {
 	const struct log_provider *lp = (const struct log_provider *)p;
+	(void)sess; /* nothing leaves the process */
 	char target[OTP_TARGET_MAX + 8];
 	char job[24];
 	char stars[OTP_CODE_MAX + 1];
@@ -75,7 +76,7 @@ static const struct provider_ops log_ops = {
 	.free = log_free,
 };
 
-struct provider *provider_log_new(const struct config *cfg, char *err, size_t cap)
+static struct provider *provider_log_new(const struct config *cfg, char *err, size_t cap)
 {
 	struct log_provider *lp = calloc(1, sizeof *lp);
 	if (lp == NULL) {
@@ -86,3 +87,12 @@ struct provider *provider_log_new(const struct config *cfg, char *err, size_t ca
 	lp->show_codes = cfg->log_codes;
 	return &lp->base;
 }
+
+static const char *const log_settings[] = {"OTPD_LOG_CODES", NULL};
+
+const struct provider_def provider_log_def = {
+	.name = "log",
+	.channels = OTP_CH_BIT(OTP_CH_SMS) | OTP_CH_BIT(OTP_CH_EMAIL) | OTP_CH_BIT(OTP_CH_CALL) | OTP_CH_BIT(OTP_CH_TELEGRAM) | OTP_CH_BIT(OTP_CH_WHATSAPP),
+	.settings = log_settings,
+	.make = provider_log_new,
+};

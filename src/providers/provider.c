@@ -1,63 +1,66 @@
 /*
- * provider.c - the registry of delivery providers (name -> constructor, one table row per
- * provider) and the small helpers every provider shares: process-wide library init,
- * error text that never carries a code or a secret, bounded buffers.
+ * provider.c - the registry of delivery providers: the rows of list.h, each a provider's
+ * name, channels, settings and constructor (defined in the provider's own file), and the
+ * start-up check that every channel's provider exists, is complete and can deliver it.
  * It must not know how any provider talks to its service.
  */
-#include "providers/impl.h"
-
-#include <curl/curl.h>
-#include <pthread.h>
-#include <sodium.h>
-#include <stdarg.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
-#include "core/errors.h"
-#include "core/num.h"
+#include "core/otp.h"
+#include "log.h"
+#include "providers/impl.h"
 
-typedef struct provider *(*provider_ctor)(const struct config *cfg, char *err, size_t cap);
+#define PROVIDER(x) extern const struct provider_def provider_##x##_def;
+#include "providers/list.h"
+#undef PROVIDER
 
-static const struct {
-	const char *name;
-	provider_ctor make;
-} provider_table[] = {
-	{"log", provider_log_new},
-	{"queue", provider_queue_new},
-	{"telegram", provider_telegram_new},
-	{"telegram_bot", provider_telegram_bot_new},
-	{"smtp", provider_smtp_new},
-	{"twilio", provider_twilio_new},
-	{"whatsapp", provider_whatsapp_new},
-	{"webhook", provider_webhook_new},
+static const struct provider_def *const registry[] = {
+#define PROVIDER(x) &provider_##x##_def,
+#include "providers/list.h"
+#undef PROVIDER
 };
 
-static pthread_once_t global_once = PTHREAD_ONCE_INIT;
+#define N_PROVIDERS (sizeof registry / sizeof registry[0])
 
-static void global_init_once(void)
+const struct provider_def *provider_def_at(size_t i)
 {
-	/* Failures surface later, at the first curl_easy_init; sodium_init fails only
-	 * without a random source, which main() has already checked. */
-	CURLcode cc = curl_global_init(CURL_GLOBAL_DEFAULT);
-	int sr = sodium_init();
-	(void)cc;
-	(void)sr;
+	return i < N_PROVIDERS ? registry[i] : NULL;
 }
 
-void provider_global_init(void)
+const struct provider_def *provider_find(const char *name)
 {
-	pthread_once(&global_once, global_init_once);
+	for (size_t i = 0; name != NULL && i < N_PROVIDERS; i++)
+		if (strcmp(registry[i]->name, name) == 0)
+			return registry[i];
+	return NULL;
 }
 
 int provider_known(const char *name)
 {
-	if (name == NULL)
-		return 0;
-	for (size_t i = 0; i < sizeof provider_table / sizeof provider_table[0]; i++)
-		if (strcmp(provider_table[i].name, name) == 0)
-			return 1;
-	return 0;
+	return provider_find(name) != NULL;
+}
+
+bool provider_serves(const char *name, int channel)
+{
+	const struct provider_def *d = provider_find(name);
+	return d != NULL && channel >= 0 && channel < OTP_CH_COUNT &&
+	       (d->channels & OTP_CH_BIT(channel)) != 0;
+}
+
+/* "log queue ..." into buf, for error messages. */
+static void names(char *buf, size_t cap, int channel)
+{
+	size_t len = 0;
+	buf[0] = '\0';
+	for (size_t i = 0; i < N_PROVIDERS; i++) {
+		if (channel >= 0 && !(registry[i]->channels & OTP_CH_BIT(channel)))
+			continue;
+		int n = snprintf(buf + len, cap - len, "%s%s", len ? " " : "", registry[i]->name);
+		if (n < 0 || (size_t)n >= cap - len)
+			break;
+		len += (size_t)n;
+	}
 }
 
 struct provider *provider_new(const char *name, const struct config *cfg, char *err, size_t cap)
@@ -65,194 +68,69 @@ struct provider *provider_new(const char *name, const struct config *cfg, char *
 	if (cap > 0)
 		err[0] = '\0';
 	provider_global_init();
-	for (size_t i = 0; name != NULL && i < sizeof provider_table / sizeof provider_table[0]; i++)
-		if (strcmp(provider_table[i].name, name) == 0)
-			return provider_table[i].make(cfg, err, cap);
-	snprintf(err, cap, "unknown provider \"%s\" (known: log queue telegram telegram_bot smtp "
-	         "twilio whatsapp webhook)", name ? name : "");
+	const struct provider_def *d = provider_find(name);
+	if (d != NULL)
+		return d->make(cfg, err, cap);
+	char known[256];
+	names(known, sizeof known, -1);
+	snprintf(err, cap, "unknown provider \"%s\" (known: %s)", name ? name : "", known);
 	return NULL;
 }
 
-bool provider_unset(const char *s)
-{
-	return s == NULL || s[0] == '\0';
-}
+static const char *const channel_var[OTP_CH_COUNT] = {
+	[OTP_CH_SMS] = "OTPD_SMS_PROVIDER",
+	[OTP_CH_EMAIL] = "OTPD_EMAIL_PROVIDER",
+	[OTP_CH_CALL] = "OTPD_CALL_PROVIDER",
+	[OTP_CH_TELEGRAM] = "OTPD_TELEGRAM_PROVIDER",
+	[OTP_CH_WHATSAPP] = "OTPD_WHATSAPP_PROVIDER",
+};
 
-bool provider_require(const char *provider, const struct provider_setting *need, size_t n,
-                      char *err, size_t cap)
+int provider_check_config(const struct config *cfg, provider_report_fn report, void *arg)
 {
-	for (size_t i = 0; i < n; i++) {
-		if (provider_unset(need[i].value)) {
-			snprintf(err, cap, "%s: %s is not set", provider, need[i].var);
-			return false;
+	int errors = 0;
+	char text[600], err[PROVIDER_ERROR_MAX], can[256];
+	const char *built[OTP_CH_COUNT] = {NULL};
+
+	if (cfg->dummy)
+		return 0;
+	for (int ch = 0; ch < OTP_CH_COUNT; ch++) {
+		const char *name = config_channel_provider(cfg, ch);
+		bool own = cfg->channel_provider[ch] != NULL;
+		const char *var = own ? channel_var[ch] : "OTPD_PROVIDER";
+		const char *chname = otp_channel_name((enum otp_channel)ch);
+		if (provider_find(name) == NULL) {
+			/* config.c knows the names too, so this is a bug between the two tables */
+			snprintf(text, sizeof text, "unknown provider \"%s\"", name ? name : "");
+			report(arg, var, LOG_ERROR, text);
+			errors++;
+			continue;
 		}
-	}
-	return true;
-}
-
-int provider_fail(struct provider_result *r, int rc, const char *fmt, ...)
-{
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(r->error, sizeof r->error, fmt, ap);
-	va_end(ap);
-	return rc;
-}
-
-static void blank_all(char *s, const char *needle)
-{
-	size_t n = needle ? strlen(needle) : 0;
-	if (n == 0)
-		return;
-	for (char *p = strstr(s, needle); p != NULL; p = strstr(p + n, needle))
-		memset(p, '*', n);
-}
-
-void provider_result_scrub(struct provider_result *r, const char *code, const char *secret)
-{
-	r->error[sizeof r->error - 1] = '\0';
-	blank_all(r->error, secret);
-	blank_all(r->error, code);
-}
-
-void provider_copy_detail(char *out, size_t cap, const char *detail)
-{
-	if (cap == 0)
-		return;
-	size_t n = 0;
-	for (const unsigned char *p = (const unsigned char *)(detail ? detail : ""); *p; p++) {
-		if (n + 1 >= cap)
-			break;
-		out[n++] = (*p < 0x20 || *p == 0x7f) ? ' ' : (char)*p;
-	}
-	/* do not leave half a UTF-8 character at the cut */
-	size_t keep = n;
-	while (keep > 0 && ((unsigned char)out[keep - 1] & 0xC0) == 0x80)
-		keep--;
-	if (keep > 0 && (unsigned char)out[keep - 1] >= 0xC0) {
-		unsigned char lead = (unsigned char)out[keep - 1];
-		size_t want = lead >= 0xF0 ? 4 : lead >= 0xE0 ? 3 : 2;
-		if (n - (keep - 1) == want)
-			keep = n;
-		else
-			keep--;
-	} else {
-		keep = n;
-	}
-	out[keep] = '\0';
-}
-
-int provider_http_send(const struct config *cfg, const struct provider_http_req *req,
-                       struct provider_http_resp *resp, struct provider_result *r)
-{
-	resp->status = 0;
-	resp->len = 0;
-	resp->body[0] = '\0';
-	int rc = provider_http_post(cfg, req, resp, r->error, sizeof r->error);
-	if (rc != 0)
-		return rc;
-	rc = provider_http_classify(resp->status);
-	if (rc != 0)
-		snprintf(r->error, sizeof r->error, "HTTP %ld", resp->status);
-	return rc;
-}
-
-int provider_post_json(const struct config *cfg, struct provider_http_req *req, json_t *doc,
-                       struct provider_http_resp *resp, struct provider_result *r)
-{
-	resp->status = 0;
-	if (doc == NULL)
-		return provider_fail(r, OTP_ERR_PERMANENT, "message cannot be encoded as JSON");
-	/* jansson checked every string when it was made: dumping fails only for memory */
-	char *body = json_dumps(doc, PROVIDER_JSON_FLAGS);
-	json_decref(doc);
-	if (body == NULL)
-		return provider_fail(r, OTP_ERR_NOMEM, "out of memory");
-	req->content_type = "application/json";
-	req->body = body;
-	req->body_len = strlen(body);
-	int rc = provider_http_send(cfg, req, resp, r);
-	sodium_memzero(body, req->body_len);
-	free(body);
-	req->body = NULL;
-	req->body_len = 0;
-	return rc;
-}
-
-int provider_parse_chat_id(const char *target, int64_t *out)
-{
-	if (target == NULL)
-		return OTP_ERR_INVALID;
-	return otp_parse_i64(target, INT64_MIN, INT64_MAX, out);
-}
-
-void provider_buf_init(struct provider_buf *b, size_t max)
-{
-	b->p = NULL;
-	b->len = 0;
-	b->cap = 0;
-	b->max = max;
-	b->failed = false;
-}
-
-void provider_buf_add(struct provider_buf *b, const void *s, size_t n)
-{
-	if (b->failed)
-		return;
-	if (n > b->max || b->len > b->max - n) {
-		b->failed = true;
-		return;
-	}
-	if (b->len + n + 1 > b->cap) {
-		size_t cap = b->cap ? b->cap : 256;
-		while (cap < b->len + n + 1)
-			cap *= 2;
-		if (cap > b->max + 1)
-			cap = b->max + 1;
-		char *p = malloc(cap);
+		if (!provider_serves(name, ch)) {
+			names(can, sizeof can, ch);
+			/* An explicit choice that cannot deliver is an error. The built-in default
+			 * (queue, the old service's Queue, which knows no whatsapp) only warns:
+			 * otherwise the old service's configuration would not start. */
+			bool chosen = own || cfg->provider_set;
+			snprintf(text, sizeof text, "provider %s cannot deliver %s; set %s to one of: %s",
+			         name, chname, channel_var[ch], can);
+			report(arg, chosen ? var : channel_var[ch], chosen ? LOG_ERROR : LOG_WARN, text);
+			if (chosen)
+				errors++;
+			continue;
+		}
+		bool dup = false;
+		for (int i = 0; i < ch; i++)
+			dup = dup || (built[i] != NULL && strcmp(built[i], name) == 0);
+		if (dup)
+			continue;
+		built[ch] = name;
+		struct provider *p = provider_new(name, cfg, err, sizeof err);
 		if (p == NULL) {
-			b->failed = true;
-			return;
+			snprintf(text, sizeof text, "provider %s (for %s): %s", name, chname, err);
+			report(arg, var, LOG_ERROR, text);
+			errors++;
 		}
-		if (b->len > 0)
-			memcpy(p, b->p, b->len);
-		if (b->p != NULL) {
-			sodium_memzero(b->p, b->cap);
-			free(b->p);
-		}
-		b->p = p;
-		b->cap = cap;
+		provider_free(p);
 	}
-	memcpy(b->p + b->len, s, n);
-	b->len += n;
-	b->p[b->len] = '\0';
-}
-
-void provider_buf_adds(struct provider_buf *b, const char *s)
-{
-	provider_buf_add(b, s, strlen(s));
-}
-
-void provider_buf_addf(struct provider_buf *b, const char *fmt, ...)
-{
-	char tmp[512];
-	va_list ap;
-	va_start(ap, fmt);
-	int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
-	va_end(ap);
-	if (n < 0 || (size_t)n >= sizeof tmp) {
-		b->failed = true;
-		return;
-	}
-	provider_buf_add(b, tmp, (size_t)n);
-	sodium_memzero(tmp, sizeof tmp);
-}
-
-void provider_buf_fini(struct provider_buf *b)
-{
-	if (b->p != NULL) {
-		sodium_memzero(b->p, b->cap);
-		free(b->p);
-	}
-	provider_buf_init(b, b->max);
+	return errors;
 }

@@ -144,8 +144,8 @@ fail:
 	return NULL;
 }
 
-static int queue_send(struct provider *p, const struct otp_message *m, int64_t job_id,
-                      struct provider_result *r)
+static int queue_send(struct provider *p, struct provider_session *sess,
+                      const struct otp_message *m, int64_t job_id, struct provider_result *r)
 {
 	const struct queue_provider *qp = (const struct queue_provider *)p;
 	struct provider_http_resp resp;
@@ -163,7 +163,7 @@ static int queue_send(struct provider *p, const struct otp_message *m, int64_t j
 		.cancel = &p->cancelled,
 		.url = qp->task_url,
 	};
-	rc = provider_post_json(qp->cfg, &req, task, &resp, r);
+	rc = provider_post_json(qp->cfg, sess, &req, task, &resp, r);
 	provider_result_scrub(r, m->code, qp->cfg->telegram_app_token);
 	return rc;
 }
@@ -183,7 +183,7 @@ static const struct provider_ops queue_ops = {
 	.free = queue_free,
 };
 
-struct provider *provider_queue_new(const struct config *cfg, char *err, size_t cap)
+static struct provider *provider_queue_new(const struct config *cfg, char *err, size_t cap)
 {
 	const struct provider_setting need[] = {
 		{"OTP_QUEUE_URL", cfg->queue_url},
@@ -208,3 +208,12 @@ struct provider *provider_queue_new(const struct config *cfg, char *err, size_t 
 	qp->cfg = cfg;
 	return &qp->base;
 }
+
+static const char *const queue_settings[] = {"OTP_QUEUE_URL", "OTP_SMS_URL", "OTP_SMS_WORKER", "OTP_CALL_URL", "OTP_CALL_WORKER", "OTP_EMAIL_URL", "OTP_EMAIL_WORKER", "OTP_TELEGRAM_URL", "OTP_TELEGRAM_WORKER", "OTP_TELEGRAM_APP_TOKEN", NULL};
+
+const struct provider_def provider_queue_def = {
+	.name = "queue",
+	.channels = OTP_CH_BIT(OTP_CH_SMS) | OTP_CH_BIT(OTP_CH_EMAIL) | OTP_CH_BIT(OTP_CH_CALL) | OTP_CH_BIT(OTP_CH_TELEGRAM),
+	.settings = queue_settings,
+	.make = provider_queue_new,
+};

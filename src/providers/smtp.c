@@ -295,8 +295,8 @@ static int classify(CURLcode cc, long reply)
 	}
 }
 
-static int smtp_send(struct provider *p, const struct otp_message *m, int64_t job_id,
-                     struct provider_result *r)
+static int smtp_send(struct provider *p, struct provider_session *sess,
+                     const struct otp_message *m, int64_t job_id, struct provider_result *r)
 {
 	const struct smtp_provider *sp = (const struct smtp_provider *)p;
 	const struct config *cfg = sp->cfg;
@@ -323,7 +323,7 @@ static int smtp_send(struct provider *p, const struct otp_message *m, int64_t jo
 		goto out;
 	}
 	snprintf(rcpt_addr, sizeof rcpt_addr, "<%s>", m->target);
-	if ((rcpt = curl_slist_append(NULL, rcpt_addr)) == NULL || (h = curl_easy_init()) == NULL) {
+	if ((rcpt = curl_slist_append(NULL, rcpt_addr)) == NULL || (h = provider_session_get(sess)) == NULL) {
 		rc = provider_fail(r, OTP_ERR_NOMEM, "out of memory");
 		goto out;
 	}
@@ -375,7 +375,7 @@ static int smtp_send(struct provider *p, const struct otp_message *m, int64_t jo
 	else
 		rc = provider_fail(r, classify(cc, reply), "%s", detail);
 out:
-	curl_easy_cleanup(h);
+	provider_session_put(sess, h);
 	curl_slist_free_all(rcpt);
 	provider_buf_fini(&msg);
 	provider_result_scrub(r, m->code, cfg->smtp_password);
@@ -486,7 +486,7 @@ out:
 	return rc;
 }
 
-struct provider *provider_smtp_new(const struct config *cfg, char *err, size_t cap)
+static struct provider *provider_smtp_new(const struct config *cfg, char *err, size_t cap)
 {
 	const struct provider_setting need[] = {
 		{"OTPD_SMTP_URL", cfg->smtp_url},
@@ -526,3 +526,12 @@ struct provider *provider_smtp_new(const struct config *cfg, char *err, size_t c
 	}
 	return &sp->base;
 }
+
+static const char *const smtp_settings[] = {"OTPD_SMTP_URL", "OTPD_SMTP_USERNAME", "OTPD_SMTP_PASSWORD", "OTPD_SMTP_FROM", "OTPD_SMTP_STARTTLS", NULL};
+
+const struct provider_def provider_smtp_def = {
+	.name = "smtp",
+	.channels = OTP_CH_BIT(OTP_CH_EMAIL),
+	.settings = smtp_settings,
+	.make = provider_smtp_new,
+};

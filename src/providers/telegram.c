@@ -23,8 +23,8 @@ struct telegram_provider {
 	char *auth_header;
 };
 
-static int telegram_send(struct provider *p, const struct otp_message *m, int64_t job_id,
-                         struct provider_result *r)
+static int telegram_send(struct provider *p, struct provider_session *sess,
+                         const struct otp_message *m, int64_t job_id, struct provider_result *r)
 {
 	const struct telegram_provider *tp = (const struct telegram_provider *)p;
 	struct provider_http_resp resp;
@@ -50,7 +50,7 @@ static int telegram_send(struct provider *p, const struct otp_message *m, int64_
 		.headers = headers,
 		.redact = tp->cfg->telegram_app_token,
 	};
-	int rc = provider_post_json(tp->cfg, &req, o, &resp, r);
+	int rc = provider_post_json(tp->cfg, sess, &req, o, &resp, r);
 	if (rc != 0 && resp.status == 500 &&
 	    strncmp(resp.body, TELEGRAM_SENT_QUIRK, strlen(TELEGRAM_SENT_QUIRK)) == 0) {
 		r->error[0] = '\0';
@@ -81,7 +81,7 @@ static const struct provider_ops telegram_ops = {
 	.free = telegram_free,
 };
 
-struct provider *provider_telegram_new(const struct config *cfg, char *err, size_t cap)
+static struct provider *provider_telegram_new(const struct config *cfg, char *err, size_t cap)
 {
 	const struct provider_setting need[] = {
 		{"OTP_TELEGRAM_URL", cfg->telegram_url},
@@ -108,3 +108,12 @@ struct provider *provider_telegram_new(const struct config *cfg, char *err, size
 	tp->cfg = cfg;
 	return &tp->base;
 }
+
+static const char *const telegram_settings[] = {"OTP_TELEGRAM_URL", "OTP_TELEGRAM_APP_TOKEN", NULL};
+
+const struct provider_def provider_telegram_def = {
+	.name = "telegram",
+	.channels = OTP_CH_BIT(OTP_CH_TELEGRAM),
+	.settings = telegram_settings,
+	.make = provider_telegram_new,
+};

@@ -21,8 +21,8 @@ struct bot_provider {
 	char *send_url; /* holds the token: wiped on free */
 };
 
-static int bot_send(struct provider *p, const struct otp_message *m, int64_t job_id,
-                    struct provider_result *r)
+static int bot_send(struct provider *p, struct provider_session *sess,
+                    const struct otp_message *m, int64_t job_id, struct provider_result *r)
 {
 	const struct bot_provider *bp = (const struct bot_provider *)p;
 	const char *token = bp->cfg->telegram_bot_token;
@@ -48,7 +48,7 @@ static int bot_send(struct provider *p, const struct otp_message *m, int64_t job
 		.url = bp->send_url,
 		.redact = token,
 	};
-	int rc = provider_post_json(bp->cfg, &req, o, &resp, r);
+	int rc = provider_post_json(bp->cfg, sess, &req, o, &resp, r);
 	if (resp.status == 0)
 		goto out; /* no answer: r->error says why */
 
@@ -92,7 +92,7 @@ static const struct provider_ops bot_ops = {
 	.free = bot_free,
 };
 
-struct provider *provider_telegram_bot_new(const struct config *cfg, char *err, size_t cap)
+static struct provider *provider_telegram_bot_new(const struct config *cfg, char *err, size_t cap)
 {
 	const struct provider_setting need[] = {
 		{"OTPD_TELEGRAM_BOT_TOKEN", cfg->telegram_bot_token},
@@ -123,3 +123,12 @@ struct provider *provider_telegram_bot_new(const struct config *cfg, char *err, 
 	bp->cfg = cfg;
 	return &bp->base;
 }
+
+static const char *const telegram_bot_settings[] = {"OTPD_TELEGRAM_BOT_TOKEN", "OTPD_TELEGRAM_API_URL", NULL};
+
+const struct provider_def provider_telegram_bot_def = {
+	.name = "telegram_bot",
+	.channels = OTP_CH_BIT(OTP_CH_TELEGRAM),
+	.settings = telegram_bot_settings,
+	.make = provider_telegram_bot_new,
+};

@@ -123,8 +123,8 @@ static int twiml(struct provider_buf *out, const struct config *cfg, const struc
 	return rc;
 }
 
-static int twilio_send(struct provider *p, const struct otp_message *m, int64_t job_id,
-                       struct provider_result *r)
+static int twilio_send(struct provider *p, struct provider_session *sess,
+                       const struct otp_message *m, int64_t job_id, struct provider_result *r)
 {
 	const struct twilio_provider *tp = (const struct twilio_provider *)p;
 	const struct config *cfg = tp->cfg;
@@ -188,7 +188,7 @@ static int twilio_send(struct provider *p, const struct otp_message *m, int64_t 
 		.basic_password = cfg->twilio_auth_token,
 		.redact = cfg->twilio_auth_token,
 	};
-	rc = provider_http_send(cfg, &req, &resp, r);
+	rc = provider_http_send(cfg, sess, &req, &resp, r);
 	if (resp.status == 0)
 		goto out;
 	json_t *ans = json_loadb(resp.body, resp.len, 0, NULL);
@@ -242,7 +242,7 @@ static char *account_url(const struct config *cfg, const char *what)
 	return s;
 }
 
-struct provider *provider_twilio_new(const struct config *cfg, char *err, size_t cap)
+static struct provider *provider_twilio_new(const struct config *cfg, char *err, size_t cap)
 {
 	const struct provider_setting need[] = {
 		{"OTPD_TWILIO_BASE_URL", cfg->twilio_base_url},
@@ -270,3 +270,12 @@ struct provider *provider_twilio_new(const struct config *cfg, char *err, size_t
 	tp->cfg = cfg;
 	return &tp->base;
 }
+
+static const char *const twilio_settings[] = {"OTPD_TWILIO_BASE_URL", "OTPD_TWILIO_ACCOUNT_SID", "OTPD_TWILIO_AUTH_TOKEN", "OTPD_TWILIO_FROM", "OTPD_TWILIO_VOICE_LANGUAGE", NULL};
+
+const struct provider_def provider_twilio_def = {
+	.name = "twilio",
+	.channels = OTP_CH_BIT(OTP_CH_SMS) | OTP_CH_BIT(OTP_CH_CALL),
+	.settings = twilio_settings,
+	.make = provider_twilio_new,
+};

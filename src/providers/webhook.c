@@ -25,8 +25,8 @@ static json_t *str_or_null(const char *s)
 	return s ? json_string(s) : json_null();
 }
 
-static int webhook_send(struct provider *p, const struct otp_message *m, int64_t job_id,
-                        struct provider_result *r)
+static int webhook_send(struct provider *p, struct provider_session *sess,
+                        const struct otp_message *m, int64_t job_id, struct provider_result *r)
 {
 	const struct webhook_provider *wp = (const struct webhook_provider *)p;
 	const struct config *cfg = wp->cfg;
@@ -76,7 +76,7 @@ static int webhook_send(struct provider *p, const struct otp_message *m, int64_t
 		.body_len = len,
 		.headers = headers,
 	};
-	int rc = provider_http_send(cfg, &req, &resp, r);
+	int rc = provider_http_send(cfg, sess, &req, &resp, r);
 	sodium_memzero(body, len);
 	free(body);
 	if (rc == 0 && resp.len > 0) {
@@ -101,7 +101,7 @@ static const struct provider_ops webhook_ops = {
 	.free = webhook_free,
 };
 
-struct provider *provider_webhook_new(const struct config *cfg, char *err, size_t cap)
+static struct provider *provider_webhook_new(const struct config *cfg, char *err, size_t cap)
 {
 	/* the secret too: unsigned hand-offs of codes are refused, the receiver must be able
 	 * to check */
@@ -120,3 +120,12 @@ struct provider *provider_webhook_new(const struct config *cfg, char *err, size_
 	wp->cfg = cfg;
 	return &wp->base;
 }
+
+static const char *const webhook_settings[] = {"OTPD_WEBHOOK_URL", "OTPD_WEBHOOK_SECRET", NULL};
+
+const struct provider_def provider_webhook_def = {
+	.name = "webhook",
+	.channels = OTP_CH_BIT(OTP_CH_SMS) | OTP_CH_BIT(OTP_CH_EMAIL) | OTP_CH_BIT(OTP_CH_CALL) | OTP_CH_BIT(OTP_CH_TELEGRAM) | OTP_CH_BIT(OTP_CH_WHATSAPP),
+	.settings = webhook_settings,
+	.make = provider_webhook_new,
+};

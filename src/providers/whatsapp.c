@@ -52,8 +52,8 @@ static json_t *template_body(const struct config *cfg, const struct otp_message 
 		      "parameters", "type", "text", "text", m->code);
 }
 
-static int whatsapp_send(struct provider *p, const struct otp_message *m, int64_t job_id,
-                         struct provider_result *r)
+static int whatsapp_send(struct provider *p, struct provider_session *sess,
+                         const struct otp_message *m, int64_t job_id, struct provider_result *r)
 {
 	const struct whatsapp_provider *wp = (const struct whatsapp_provider *)p;
 	struct provider_http_resp resp;
@@ -74,7 +74,7 @@ static int whatsapp_send(struct provider *p, const struct otp_message *m, int64_
 		.headers = headers,
 		.redact = wp->cfg->whatsapp_token,
 	};
-	int rc = provider_post_json(wp->cfg, &req, template_body(wp->cfg, m), &resp, r);
+	int rc = provider_post_json(wp->cfg, sess, &req, template_body(wp->cfg, m), &resp, r);
 	if (resp.status == 0)
 		goto out;
 	json_t *ans = json_loadb(resp.body, resp.len, 0, NULL);
@@ -119,7 +119,7 @@ static const struct provider_ops whatsapp_ops = {
 	.free = whatsapp_free,
 };
 
-struct provider *provider_whatsapp_new(const struct config *cfg, char *err, size_t cap)
+static struct provider *provider_whatsapp_new(const struct config *cfg, char *err, size_t cap)
 {
 	const struct provider_setting need[] = {
 		{"OTPD_WHATSAPP_BASE_URL", cfg->whatsapp_base_url},
@@ -161,3 +161,12 @@ struct provider *provider_whatsapp_new(const struct config *cfg, char *err, size
 	wp->cfg = cfg;
 	return &wp->base;
 }
+
+static const char *const whatsapp_settings[] = {"OTPD_WHATSAPP_BASE_URL", "OTPD_WHATSAPP_TOKEN", "OTPD_WHATSAPP_PHONE_NUMBER_ID", "OTPD_WHATSAPP_TEMPLATE", "OTPD_WHATSAPP_LANGUAGE", NULL};
+
+const struct provider_def provider_whatsapp_def = {
+	.name = "whatsapp",
+	.channels = OTP_CH_BIT(OTP_CH_WHATSAPP),
+	.settings = whatsapp_settings,
+	.make = provider_whatsapp_new,
+};

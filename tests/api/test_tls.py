@@ -115,6 +115,8 @@ def test_a_key_that_is_not_the_certificates_stops_otpd(tmp_path):
     r = run_otpd([], {"OTPD_DATA_DIR": tmp_path / "data", "OTPD_PROVIDER": "log",
                       "OTPD_LISTEN": f"127.0.0.1:{free_port()}", "OTPD_TLS_CERT": cert,
                       "OTPD_TLS_KEY": other_key}, timeout=30)
-    assert r.returncode == 1, r.stderr
+    # a configuration error (exit 2), found by GnuTLS before anything is created
+    assert r.returncode == 2, r.stderr
     assert "OTPD_TLS_KEY is not the key of OTPD_TLS_CERT" in r.stderr
+    assert not (tmp_path / "data").exists()
     assert "BEGIN" not in r.stderr

@@ -228,16 +228,32 @@ class _Server:
         self.recorder.clear()
 
 
+class _CountingHTTPServer(ThreadingHTTPServer):
+    """Counts the TCP connections it accepts (keep-alive tests: one connection may carry
+    many requests)."""
+
+    def __init__(self, *args, **kw):
+        self.connections = 0
+        self.connections_lock = threading.Lock()
+        super().__init__(*args, **kw)
+
+    def process_request(self, request, client_address):
+        with self.connections_lock:
+            self.connections += 1
+        super().process_request(request, client_address)
+
+
 class FakeHTTP(_Server):
     """A scripted HTTP server. `requests` holds dicts with method, path (with query),
     headers ([[name, value], ...] in arrival order), header_map (lower-case names),
-    body (bytes), body_text (str or None), body_hex."""
+    body (bytes), body_text (str or None), body_hex. `connections` is how many TCP
+    connections it accepted."""
 
     def __init__(self, script=None, port=0, record=None):
         self.script = _Script(script)
         self.recorder = _Recorder(record)
         self.stopping = threading.Event()
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), _HTTPHandler)
+        self.server = _CountingHTTPServer(("127.0.0.1", port), _HTTPHandler)
         self.server.daemon_threads = True
         self.server.fake = self
 
@@ -249,6 +265,11 @@ class FakeHTTP(_Server):
     def requests(self):
         with self.recorder.cond:
             return list(self.recorder.items)
+
+    @property
+    def connections(self):
+        with self.server.connections_lock:
+            return self.server.connections
 
     def set_script(self, script):
         self.script.set(script)

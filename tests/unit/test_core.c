@@ -1,6 +1,7 @@
 /*
- * test_core.c - the pure core: channels, keyed hashes, sealing, unbiased code generation,
- * the check decision, limits, message encoding and templates, integer parsing. Fixed
+ * test_core.c - the pure core: channels, keyed hashes, sealing, unbiased code generation
+ * (and its uniformity), a verification's states and the check decision, policies, app
+ * settings, limits, message encoding and templates, UTF-8, integer parsing. Fixed
  * randomness throughout (a counter-based rng), no clock.
  */
 #include <setjmp.h>
@@ -13,10 +14,13 @@
 
 #include <cmocka.h>
 
+#include "core/app.h"
 #include "core/limits.h"
 #include "core/message.h"
 #include "core/num.h"
 #include "core/otp.h"
+#include "core/text.h"
+#include "core/verification.h"
 
 /* Deterministic "randomness": bytes of a counter. */
 struct counter_rng { uint8_t next; };
@@ -188,79 +192,309 @@ static void test_generate_code(void **state)
 		assert_true(seen[d] > 0);
 }
 
-static void fill_candidates(const struct otp_key *k, struct otp_candidate *c, const char *target)
+/* Candidates of the codes "11111", "22222", "33333" (ids 1..3), each with `attempts`
+ * wrong checks counted and max_attempts `max`, the presented code hashed like theirs. */
+static void candidates(const struct otp_key *k, struct otp_candidate *c, const char *presented,
+                       const int attempts[3], int max, bool consume, enum otp_vstatus status)
 {
-	c[0].id = 1; c[0].channel = OTP_CH_SMS;
-	otp_code_hash(k, OTP_CH_SMS, target, "11111", c[0].hash);
-	c[1].id = 2; c[1].channel = OTP_CH_CALL;
-	otp_code_hash(k, OTP_CH_CALL, target, "22222", c[1].hash);
-	c[2].id = 3; c[2].channel = OTP_CH_SMS;
-	otp_code_hash(k, OTP_CH_SMS, target, "33333", c[2].hash);
-}
-
-static void present(const struct otp_key *k, struct otp_check_input *in, const char *target,
-                    const char *code)
-{
-	for (unsigned ch = 0; ch < OTP_CH_COUNT; ch++)
-		if (in->channel_mask & OTP_CH_BIT(ch))
-			otp_code_hash(k, (enum otp_channel)ch, target, code, in->presented[ch]);
+	static const char *const codes[3] = {"11111", "22222", "33333"};
+	for (int i = 0; i < 3; i++) {
+		memset(&c[i], 0, sizeof c[i]);
+		c[i].id = i + 1;
+		otp_code_hash(k, OTP_CH_SMS, "77011234567", codes[i], c[i].hash);
+		otp_code_hash(k, OTP_CH_SMS, "77011234567", presented, c[i].presented);
+		c[i].attempts = attempts[i];
+		c[i].max_attempts = max;
+		c[i].consume = consume;
+		c[i].status = status;
+	}
 }
 
 static void test_check_decide(void **state)
 {
 	(void)state;
 	struct otp_key k = test_key(5);
-	struct otp_candidate cands[3];
-	fill_candidates(&k, cands, "77011234567");
+	struct otp_candidate c[3];
+	struct otp_check_outcome out;
+	const int none[3] = {0, 0, 0};
+
+	/* any live code matches, not only the newest; a first approval is a change */
+	candidates(&k, c, "33333", none, 5, true, OTP_VS_PENDING);
+	otp_check_decide(c, 3, &out);
+	assert_true(out.ok);
+	assert_int_equal(out.matched, 2);
+	assert_true(out.any_write);
+	assert_true(c[2].write);
+	assert_int_equal(c[2].new_status, OTP_VS_APPROVED);
+	assert_int_equal(c[2].event, OTP_EV_APPROVED);
+	assert_false(c[0].write || c[1].write);
+	/* a right code counts nothing against the others */
+	assert_int_equal(c[0].new_attempts, 0);
+
+	/* a reusable code approved before: true again, nothing changes */
+	candidates(&k, c, "11111", none, 5, false, OTP_VS_APPROVED);
+	otp_check_decide(c, 3, &out);
+	assert_true(out.ok);
+	assert_int_equal(out.matched, 0);
+	assert_false(out.any_write);
+
+	/* a wrong code counts against every candidate it was compared with; the one that
+	 * reaches its max dies, the others keep their own count (a newer code does not
+	 * refresh an older one's guesses, nor does an older one use up a newer one's) */
+	const int some[3] = {4, 1, 0};
+	candidates(&k, c, "99999", some, 5, true, OTP_VS_PENDING);
+	otp_check_decide(c, 3, &out);
+	assert_false(out.ok);
+	assert_true(out.any_write);
+	assert_int_equal(c[0].new_attempts, 5);
+	assert_int_equal(c[0].new_status, OTP_VS_MAX_ATTEMPTS);
+	assert_int_equal(c[0].event, OTP_EV_MAX_ATTEMPTS);
+	assert_int_equal(c[1].new_attempts, 2);
+	assert_int_equal(c[1].new_status, OTP_VS_PENDING);
+	assert_int_equal(c[1].event, OTP_EV_CHECK_FAILED);
+	assert_int_equal(c[2].new_attempts, 1);
+
+	/* unlimited attempts never kill */
+	const int many[3] = {1000, 1000, 1000};
+	candidates(&k, c, "99999", many, 0, true, OTP_VS_PENDING);
+	otp_check_decide(c, 3, &out);
+	assert_int_equal(c[0].new_status, OTP_VS_PENDING);
+	assert_int_equal(c[0].new_attempts, 1001);
+
+	/* no candidate at all: nothing to count against */
+	otp_check_decide(c, 0, &out);
+	assert_false(out.ok);
+	assert_false(out.any_write);
+
+	assert_int_equal(otp_attempts_left(2, 5), 3);
+	assert_int_equal(otp_attempts_left(7, 5), 0);
+	assert_int_equal(otp_attempts_left(7, 0), -1);
+}
+
+static void test_vstatus(void **state)
+{
+	(void)state;
+	enum otp_vstatus st;
+	for (int i = 0; i < OTP_VS_COUNT; i++) {
+		assert_int_equal(otp_vstatus_parse(otp_vstatus_name((enum otp_vstatus)i), &st), 0);
+		assert_int_equal(st, i);
+	}
+	assert_string_equal(otp_vstatus_name(OTP_VS_MAX_ATTEMPTS), "max_attempts_reached");
+	assert_int_equal(otp_vstatus_parse("nope", &st), OTP_ERR_INVALID);
+	/* a pending one past its expiry reads as expired; other states stay */
+	assert_int_equal(otp_vstatus_at(OTP_VS_PENDING, 100, 100), OTP_VS_EXPIRED);
+	assert_int_equal(otp_vstatus_at(OTP_VS_PENDING, 101, 100), OTP_VS_PENDING);
+	assert_int_equal(otp_vstatus_at(OTP_VS_APPROVED, 100, 200), OTP_VS_APPROVED);
+	assert_true(otp_verification_live(OTP_VS_PENDING, true, 101, 100));
+	assert_false(otp_verification_live(OTP_VS_PENDING, true, 100, 100));
+	assert_true(otp_verification_live(OTP_VS_APPROVED, false, 101, 100));
+	assert_false(otp_verification_live(OTP_VS_APPROVED, true, 101, 100));
+	assert_false(otp_verification_live(OTP_VS_CANCELED, false, 101, 100));
+	int ev;
+	for (int i = 1; i <= OTP_EV_MAX; i++) {
+		assert_int_equal(otp_event_parse(otp_event_name(i), &ev), 0);
+		assert_int_equal(ev, i);
+	}
+	assert_string_equal(otp_event_name(99), "unknown");
+}
+
+static void test_code_spec(void **state)
+{
+	(void)state;
+	struct counter_rng cr = {0};
+	struct otp_rng rng = {counter_fill, &cr};
+	char code[OTP_GEN_LENGTH_MAX + 1], set[128];
+	const char *why;
 	static const struct {
-		const char *code;
-		unsigned mask;
-		int failures, max;
-		bool ok;
-		int64_t id;
-		int new_failures;
-		bool void_all;
+		int length;
+		unsigned alpha;
+		bool no_lookalikes;
+		int ok;
+		size_t charset;
 	} rows[] = {
-		/* any live code matches, not only the latest */
-		{"11111", OTP_CH_BIT(OTP_CH_SMS), 0, 5, true, 1, 0, false},
-		{"33333", OTP_CH_BIT(OTP_CH_SMS), 0, 5, true, 3, 0, false},
-		/* a call code answers an sms check only when the mask says so */
-		{"22222", OTP_CH_BIT(OTP_CH_SMS), 0, 5, false, 0, 1, false},
-		{"22222", OTP_CH_BIT(OTP_CH_SMS) | OTP_CH_BIT(OTP_CH_CALL), 0, 5, true, 2, 0, false},
-		/* a right code keeps the failure count as it is */
-		{"11111", OTP_CH_BIT(OTP_CH_SMS), 3, 5, true, 1, 3, false},
-		/* wrong: counted; the last allowed failure voids everything and restarts count */
-		{"99999", OTP_CH_BIT(OTP_CH_SMS), 3, 5, false, 0, 4, false},
-		{"99999", OTP_CH_BIT(OTP_CH_SMS), 4, 5, false, 0, 0, true},
-		/* already over the limit: even the right code is refused */
-		{"11111", OTP_CH_BIT(OTP_CH_SMS), 5, 5, false, 0, 5, true},
-		/* unlimited */
-		{"99999", OTP_CH_BIT(OTP_CH_SMS), 100, 0, false, 0, 101, false},
+		{6, OTP_ALPHA_DIGITS, false, 0, 10},
+		{4, OTP_ALPHA_DIGITS, true, 0, 8},                       /* without 0 and 1 */
+		{32, OTP_ALPHA_UPPER | OTP_ALPHA_LOWER, false, 0, 52},
+		{8, OTP_ALPHA_UPPER | OTP_ALPHA_LOWER | OTP_ALPHA_DIGITS, true, 0, 55},
+		{10, OTP_ALPHA_SPECIAL, false, 0, 12},
+		{3, OTP_ALPHA_DIGITS, false, OTP_ERR_INVALID, 10},        /* too short */
+		{33, OTP_ALPHA_DIGITS, false, OTP_ERR_INVALID, 10},       /* too long */
+		{6, 0, false, OTP_ERR_INVALID, 0},                        /* nothing allowed */
+		{6, 64, false, OTP_ERR_INVALID, 0},                       /* unknown alphabet */
 	};
 	for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
-		struct otp_check_input in = {0};
-		struct otp_check_outcome out;
-		in.cands = cands;
-		in.n_cands = 3;
-		in.channel_mask = rows[i].mask;
-		in.failures = rows[i].failures;
-		in.max_failures = rows[i].max;
-		present(&k, &in, "77011234567", rows[i].code);
-		otp_check_decide(&in, &out);
-		assert_int_equal(out.ok, rows[i].ok);
-		assert_int_equal(out.matched_id, rows[i].id);
-		assert_int_equal(out.failures, rows[i].new_failures);
-		assert_int_equal(out.void_all, rows[i].void_all);
+		struct otp_code_spec spec = {rows[i].length, rows[i].alpha, rows[i].no_lookalikes};
+		assert_int_equal(otp_code_spec_check(&spec, &why), rows[i].ok);
+		if (rows[i].ok != 0) {
+			assert_non_null(why);
+			assert_int_equal(otp_code_make(&rng, &spec, code), OTP_ERR_INVALID);
+			continue;
+		}
+		size_t n = otp_code_charset(&spec, set);
+		assert_int_equal(n, rows[i].charset);
+		assert_int_equal(otp_code_make(&rng, &spec, code), 0);
+		assert_int_equal(strlen(code), (size_t)rows[i].length);
+		for (int j = 0; j < rows[i].length; j++) {
+			assert_non_null(memchr(set, code[j], n));
+			if (rows[i].no_lookalikes)
+				assert_null(strchr("0Oo1lIi", code[j]));
+		}
 	}
-	/* no candidates at all: a wrong check */
-	struct otp_check_input in = {0};
-	struct otp_check_outcome out;
-	in.channel_mask = OTP_CH_BIT(OTP_CH_SMS);
-	in.max_failures = 5;
-	present(&k, &in, "77011234567", "11111");
-	otp_check_decide(&in, &out);
-	assert_false(out.ok);
-	assert_int_equal(out.failures, 1);
+}
+
+/* xorshift64*: a fixed-seed generator for the statistics below (not for production). */
+struct xorshift_rng { uint64_t s; };
+static void xorshift_fill(void *ctx, void *buf, size_t n)
+{
+	struct xorshift_rng *r = ctx;
+	for (size_t i = 0; i < n; i++) {
+		r->s ^= r->s >> 12;
+		r->s ^= r->s << 25;
+		r->s ^= r->s >> 27;
+		((uint8_t *)buf)[i] = (uint8_t)((r->s * UINT64_C(2685821657736338717)) >> 56);
+	}
+}
+
+/*
+ * The generator is uniform: over 60 000 codes of 6 characters from an alphabet of 55
+ * (digits and letters without look-alikes: 55 does not divide 2^32, so a modulo would
+ * be biased), the chi-square statistic of the character counts against equal
+ * expectation stays below the 0.999 quantile of chi-square with 54 degrees of freedom
+ * (94.46). A generator with modulo bias of that size would exceed it. Fixed seed.
+ */
+static void test_code_uniform(void **state)
+{
+	(void)state;
+	struct xorshift_rng xr = {UINT64_C(0x9E3779B97F4A7C15)};
+	struct otp_rng rng = {xorshift_fill, &xr};
+	struct otp_code_spec spec = {6, OTP_ALPHA_DIGITS | OTP_ALPHA_UPPER | OTP_ALPHA_LOWER, true};
+	char set[128], code[8];
+	size_t n = otp_code_charset(&spec, set);
+	assert_int_equal(n, 55);
+	long counts[128] = {0};
+	const long codes = 60000;
+	for (long i = 0; i < codes; i++) {
+		assert_int_equal(otp_code_make(&rng, &spec, code), 0);
+		for (int j = 0; j < 6; j++)
+			counts[(unsigned char)code[j]]++;
+	}
+	double expected = (double)codes * 6 / (double)n, chi2 = 0;
+	for (size_t i = 0; i < n; i++) {
+		double d = (double)counts[(unsigned char)set[i]] - expected;
+		chi2 += d * d / expected;
+	}
+	assert_true(chi2 < 94.46);
+	/* and the statistic is sensitive: a biased draw (modulo of one byte) exceeds it */
+	struct xorshift_rng xb = {UINT64_C(0x9E3779B97F4A7C15)};
+	long biased[128] = {0};
+	for (long i = 0; i < codes * 6; i++) {
+		uint8_t byte;
+		xorshift_fill(&xb, &byte, 1);
+		biased[(unsigned char)set[byte % n]]++;
+	}
+	double chi2b = 0;
+	for (size_t i = 0; i < n; i++) {
+		double d = (double)biased[(unsigned char)set[i]] - expected;
+		chi2b += d * d / expected;
+	}
+	assert_true(chi2b > 94.46);
+}
+
+static void test_policy(void **state)
+{
+	(void)state;
+	const char *field, *why;
+	struct otp_policy ok = {300, 5, true, 30, 5, {6, OTP_ALPHA_DIGITS, false}};
+	assert_int_equal(otp_policy_check(&ok, &field, &why), 0);
+	struct otp_policy p = ok;
+	p.lifetime = 0;
+	assert_int_equal(otp_policy_check(&p, &field, &why), OTP_ERR_INVALID);
+	assert_string_equal(field, "lifetime");
+	p = ok;
+	p.max_sends = 0;
+	assert_int_equal(otp_policy_check(&p, &field, &why), OTP_ERR_INVALID);
+	assert_string_equal(field, "max_sends");
+	p = ok;
+	p.max_attempts = -1;
+	assert_int_equal(otp_policy_check(&p, &field, &why), OTP_ERR_INVALID);
+	assert_string_equal(field, "max_attempts");
+	p = ok;
+	p.code.length = 2;
+	assert_int_equal(otp_policy_check(&p, &field, &why), OTP_ERR_INVALID);
+	assert_string_equal(field, "code");
+}
+
+static void test_app_settings(void **state)
+{
+	(void)state;
+	struct otp_app_settings s;
+	struct otp_error err = {0};
+	assert_int_equal(otp_app_settings_default(&s), 0);
+	assert_int_equal(s.policy.code.length, 6);
+	assert_int_equal(s.channels, OTP_CH_BIT(OTP_CH_COUNT) - 1u);
+	json_t *patch = json_loads("{\"code_length\": 8, \"allow_upper_case\": true, "
+	                           "\"allow_digits\": false, \"channels\": [\"sms\", \"email\"], "
+	                           "\"sender\": \"Acme\", \"templates\": {\"login\": "
+	                           "{\"en\": \"Code {code}\", \"pt\": \"Codigo {code}\"}}}", 0, NULL);
+	assert_non_null(patch);
+	assert_int_equal(otp_app_settings_patch(&s, patch, &err), 0);
+	json_decref(patch);
+	assert_int_equal(s.policy.code.length, 8);
+	assert_int_equal(s.policy.code.alphabets, OTP_ALPHA_UPPER);
+	assert_int_equal(s.channels, OTP_CH_BIT(OTP_CH_SMS) | OTP_CH_BIT(OTP_CH_EMAIL));
+	assert_string_equal(s.sender, "Acme");
+	assert_string_equal(otp_app_template(&s, "login", "pt-BR"), "Codigo {code}");
+	assert_string_equal(otp_app_template(&s, "login", "en"), "Code {code}");
+	assert_non_null(otp_app_template(&s, "login", "de")); /* some language of it */
+	assert_null(otp_app_template(&s, "other", "en"));
+	assert_null(otp_app_template(&s, NULL, "en")); /* no "default" template */
+
+	/* the JSON form parses back to the same settings */
+	json_t *j = otp_app_settings_json(&s);
+	char *text = json_dumps(j, JSON_COMPACT);
+	json_decref(j);
+	struct otp_app_settings back;
+	assert_int_equal(otp_app_settings_parse(text, &back, &err), 0);
+	free(text);
+	assert_int_equal(back.policy.code.length, 8);
+	assert_int_equal(back.channels, s.channels);
+	assert_string_equal(otp_app_template(&back, "login", "en"), "Code {code}");
+	otp_app_settings_fini(&back);
+
+	/* bad patches name the setting and change nothing */
+	static const char *const bad[] = {
+		"{\"code_length\": 3}", "{\"code_length\": \"6\"}", "{\"nope\": 1}",
+		"{\"channels\": [\"fax\"]}", "{\"channels\": []}",
+		"{\"templates\": {\"t\": {\"en\": \"no placeholder\"}}}",
+		"{\"allow_upper_case\": false}", /* nothing left to draw from */
+		"{\"sender\": \"\"}", "{\"max_sends\": 0}", "[1]",
+	};
+	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+		json_t *b = json_loads(bad[i], 0, NULL);
+		assert_non_null(b);
+		memset(&err, 0, sizeof err);
+		assert_int_equal(otp_app_settings_patch(&s, b, &err), OTP_ERR_INVALID);
+		assert_true(err.field[0] != '\0');
+		json_decref(b);
+		assert_int_equal(s.policy.code.length, 8);
+	}
+	assert_int_equal(otp_app_settings_parse("not json", &back, &err), OTP_ERR_INVALID);
+	otp_app_settings_fini(&s);
+}
+
+static void test_text(void **state)
+{
+	(void)state;
+	assert_true(otp_utf8_valid("caf\xc3\xa9", 5));
+	assert_false(otp_utf8_valid("\xc3", 1));            /* cut */
+	assert_false(otp_utf8_valid("\xed\xa0\x80", 3));    /* a surrogate */
+	assert_false(otp_utf8_valid("\xc0\xaf", 2));        /* overlong */
+	char out[8];
+	otp_text_clean(out, sizeof out, "a\xff" "b\xc3\xa9" "cdefgh");
+	assert_string_equal(out, "a?b\xc3\xa9" "cd");
+	assert_true(otp_has_control("a\tb", false));
+	assert_false(otp_has_control("a\tb", true));
+	assert_true(otp_has_control("a\x7f" "b", true));
 }
 
 static void test_limits(void **state)
@@ -404,6 +638,12 @@ int main(void)
 		cmocka_unit_test(test_uniform_rejects_biased_values),
 		cmocka_unit_test(test_generate_code),
 		cmocka_unit_test(test_check_decide),
+		cmocka_unit_test(test_vstatus),
+		cmocka_unit_test(test_code_spec),
+		cmocka_unit_test(test_code_uniform),
+		cmocka_unit_test(test_policy),
+		cmocka_unit_test(test_app_settings),
+		cmocka_unit_test(test_text),
 		cmocka_unit_test(test_limits),
 		cmocka_unit_test(test_message_roundtrip),
 		cmocka_unit_test(test_template),

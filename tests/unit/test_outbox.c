@@ -291,8 +291,10 @@ static int64_t enqueue(struct fx *f, const char *target, const char *provider,
 		.channel = OTP_CH_SMS, .target = (char *)target, .code = "482913",
 		.text = "Your code is 482913", .lifetime = 300,
 	};
-	struct store_send req;
-	struct store_send_result res;
+	struct store_start req;
+	struct store_start_result res;
+	char public_id[STORE_ID_MAX];
+	static int seq;
 	uint8_t *plain = NULL, *sealed = NULL;
 	size_t len = 0;
 
@@ -303,6 +305,11 @@ static int64_t enqueue(struct fx *f, const char *target, const char *provider,
 
 	memset(&req, 0, sizeof req);
 	memset(&res, 0, sizeof res);
+	snprintf(public_id, sizeof public_id, "otp_test%d_%d", (int)getpid(), ++seq);
+	req.app_id = "";
+	req.public_id = public_id;
+	req.max_attempts = 5;
+	req.max_sends = 1;
 	req.channel = OTP_CH_SMS;
 	req.target = target;
 	req.ip = "127.0.0.1";
@@ -313,7 +320,7 @@ static int64_t enqueue(struct fx *f, const char *target, const char *provider,
 	req.provider = provider ? provider : TEST_PROVIDER;
 	req.payload = sealed;
 	req.payload_len = len + OTP_SEAL_OVERHEAD;
-	assert_int_equal(store_send(f->store, &req, &res), 0);
+	assert_int_equal(store_vf_start(f->store, &req, &res), 0);
 	assert_true(res.job_id > 0);
 	free(plain);
 	free(sealed);

@@ -331,13 +331,50 @@ static void test_registry(void **state)
 	assert_non_null(strstr(err, "OTPD_WEBHOOK_SECRET"));
 	config_free(c);
 
+	/* a URL of the wrong scheme is refused by the configuration already */
 	struct env e3 = {0};
 	env_set(&e3, "OTPD_SMTP_URL", "http://mail.example.com");
 	env_set(&e3, "OTPD_SMTP_FROM", "otp@example.com");
-	c = env_config(&e3);
-	assert_null(provider_new("smtp", c, err, sizeof err));
-	assert_non_null(strstr(err, "OTPD_SMTP_URL"));
-	config_free(c);
+	char *errs = NULL;
+	c = NULL;
+	assert_int_equal(config_load(env_get, &e3, &c, &errs), OTP_ERR_INVALID);
+	assert_non_null(strstr(errs, "OTPD_SMTP_URL"));
+	free(errs);
+
+	/* the registry declares what each provider delivers */
+	assert_true(provider_serves("twilio", OTP_CH_SMS));
+	assert_true(provider_serves("twilio", OTP_CH_CALL));
+	assert_false(provider_serves("twilio", OTP_CH_EMAIL));
+	assert_true(provider_serves("smtp", OTP_CH_EMAIL));
+	assert_false(provider_serves("smtp", OTP_CH_SMS));
+	assert_false(provider_serves("queue", OTP_CH_WHATSAPP));
+	for (int ch = 0; ch < OTP_CH_COUNT; ch++) {
+		assert_true(provider_serves("log", ch));
+		assert_true(provider_serves("webhook", ch));
+	}
+	assert_false(provider_serves("nope", OTP_CH_SMS));
+	/* config.c's list of provider names (OTPD_*_PROVIDER) accepts every registry row */
+	for (size_t i = 0; provider_def_at(i) != NULL; i++) {
+		struct env en = {0};
+		env_set(&en, "OTPD_PROVIDER", "%s", provider_def_at(i)->name);
+		struct config *cn = NULL;
+		char *cerrs = NULL;
+		if (config_load(env_get, &en, &cn, &cerrs) != 0)
+			fail_msg("config.c refuses provider %s: %s", provider_def_at(i)->name, cerrs);
+		config_free(cn);
+	}
+	/* every row names its settings, and each of them is a configuration variable */
+	for (size_t i = 0; provider_def_at(i) != NULL; i++) {
+		const struct provider_def *d = provider_def_at(i);
+		assert_non_null(d->settings);
+		for (const char *const *v = d->settings; *v != NULL; v++) {
+			bool found = false;
+			for (size_t k = 0; k < config_var_count(); k++)
+				found = found || strcmp(config_var_name(k), *v) == 0;
+			if (!found)
+				fail_msg("%s: setting %s is not in config.c's table", d->name, *v);
+		}
+	}
 
 	struct env e4 = {0};
 	env_set(&e4, "OTPD_SMTP_URL", "smtp://127.0.0.1:1");
@@ -366,7 +403,7 @@ static char *log_capture(bool show_codes, const struct otp_message *m, int64_t j
 	assert_true(saved >= 0);
 	dup2(fd, STDERR_FILENO);
 	struct provider_result r;
-	int rc = provider_send(p, m, job, &r);
+	int rc = provider_send(p, NULL, m, job, &r);
 	dup2(saved, STDERR_FILENO);
 	close(saved);
 	assert_int_equal(rc, 0);
@@ -477,7 +514,7 @@ static void test_queue_bodies(void **state)
 		 "\"message\":\"Code: 777\"}}"},
 	};
 	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
-		assert_int_equal(provider_send(p, &cases[i].m, (int64_t)i + 1, &r), 0);
+		assert_int_equal(provider_send(p, NULL, &cases[i].m, (int64_t)i + 1, &r), 0);
 
 	json_t *all = fake_records(&f);
 	assert_int_equal(json_array_size(all), sizeof cases / sizeof cases[0]);
@@ -492,10 +529,10 @@ static void test_queue_bodies(void **state)
 
 	/* the Queue never carried WhatsApp: refused for good, nothing sent */
 	struct otp_message w = msg(OTP_CH_WHATSAPP, "77011234567", "12345", "x");
-	assert_int_equal(provider_send(p, &w, 9, &r), OTP_ERR_PERMANENT);
+	assert_int_equal(provider_send(p, NULL, &w, 9, &r), OTP_ERR_PERMANENT);
 	assert_non_null(strstr(r.error, "whatsapp"));
 	struct otp_message bad = msg(OTP_CH_TELEGRAM, "12a", "12345", "x");
-	assert_int_equal(provider_send(p, &bad, 9, &r), OTP_ERR_PERMANENT);
+	assert_int_equal(provider_send(p, NULL, &bad, 9, &r), OTP_ERR_PERMANENT);
 	all = fake_records(&f);
 	assert_int_equal(json_array_size(all), sizeof cases / sizeof cases[0]);
 	json_decref(all);
@@ -522,7 +559,7 @@ static void test_queue_classification(void **state)
 	struct otp_message m = msg(OTP_CH_SMS, "77011234567", "12345", "Your code is 12345");
 	for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
 		struct provider_result r;
-		int rc = provider_send(p, &m, 5, &r);
+		int rc = provider_send(p, NULL, &m, 5, &r);
 		if (rc != want[i])
 			fail_msg("answer %zu: got %d want %d (%s)", i, rc, want[i], r.error);
 		if (rc != 0)
@@ -544,7 +581,7 @@ static void test_transport_errors(void **state)
 	struct provider *p = must_new("queue", c);
 	struct otp_message m = msg(OTP_CH_SMS, "77011234567", "12345", "Your code is 12345");
 	struct provider_result r;
-	assert_int_equal(provider_send(p, &m, 1, &r), OTP_ERR_PROVIDER);
+	assert_int_equal(provider_send(p, NULL, &m, 1, &r), OTP_ERR_PROVIDER);
 	assert_true(r.error[0] != '\0');
 	assert_null(strstr(r.error, "127.0.0.1:"));
 	provider_free(p);
@@ -559,7 +596,7 @@ static void test_transport_errors(void **state)
 	c = env_config(&e2);
 	p = must_new("queue", c);
 	time_t t0 = time(NULL);
-	assert_int_equal(provider_send(p, &m, 1, &r), OTP_ERR_PROVIDER);
+	assert_int_equal(provider_send(p, NULL, &m, 1, &r), OTP_ERR_PROVIDER);
 	assert_true(time(NULL) - t0 <= 3);
 	assert_true(r.error[0] != '\0');
 	provider_free(p);
@@ -587,13 +624,13 @@ static void test_telegram_notify(void **state)
 	struct otp_message m = msg(OTP_CH_TELEGRAM, "-100123", "12345", "Your code is 12345");
 	struct provider_result r;
 
-	assert_int_equal(provider_send(p, &m, 1, &r), 0); /* the 500 "Sent message" quirk */
-	assert_int_equal(provider_send(p, &m, 2, &r), 0);
-	assert_int_equal(provider_send(p, &m, 3, &r), OTP_ERR_PROVIDER);
+	assert_int_equal(provider_send(p, NULL, &m, 1, &r), 0); /* the 500 "Sent message" quirk */
+	assert_int_equal(provider_send(p, NULL, &m, 2, &r), 0);
+	assert_int_equal(provider_send(p, NULL, &m, 3, &r), OTP_ERR_PROVIDER);
 	assert_non_null(strstr(r.error, "HTTP 500"));
 	assert_clean_error(&r, "12345", "s3cret-app-token");
-	assert_int_equal(provider_send(p, &m, 4, &r), OTP_ERR_PROVIDER);
-	assert_int_equal(provider_send(p, &m, 5, &r), OTP_ERR_PERMANENT);
+	assert_int_equal(provider_send(p, NULL, &m, 4, &r), OTP_ERR_PROVIDER);
+	assert_int_equal(provider_send(p, NULL, &m, 5, &r), OTP_ERR_PERMANENT);
 	assert_clean_error(&r, "12345", "s3cret-app-token");
 
 	json_t *all = fake_records(&f);
@@ -607,7 +644,7 @@ static void test_telegram_notify(void **state)
 	json_decref(all);
 
 	struct otp_message sms = msg(OTP_CH_SMS, "77011234567", "12345", "x");
-	assert_int_equal(provider_send(p, &sms, 6, &r), OTP_ERR_PERMANENT);
+	assert_int_equal(provider_send(p, NULL, &sms, 6, &r), OTP_ERR_PERMANENT);
 	provider_free(p);
 	config_free(c);
 	fake_stop(&f);
@@ -640,16 +677,16 @@ static void test_telegram_bot(void **state)
 	struct otp_message m = msg(OTP_CH_TELEGRAM, "42", "12345", "Your code is 12345");
 	struct provider_result r;
 
-	assert_int_equal(provider_send(p, &m, 1, &r), 0);
+	assert_int_equal(provider_send(p, NULL, &m, 1, &r), 0);
 	assert_string_equal(r.msg_id, "4711");
-	assert_int_equal(provider_send(p, &m, 2, &r), OTP_ERR_PROVIDER);
+	assert_int_equal(provider_send(p, NULL, &m, 2, &r), OTP_ERR_PROVIDER);
 	assert_non_null(strstr(r.error, "Too Many Requests"));
-	assert_int_equal(provider_send(p, &m, 3, &r), OTP_ERR_PERMANENT);
+	assert_int_equal(provider_send(p, NULL, &m, 3, &r), OTP_ERR_PERMANENT);
 	assert_non_null(strstr(r.error, "chat not found"));
 	assert_clean_error(&r, "12345", token);
-	assert_int_equal(provider_send(p, &m, 4, &r), OTP_ERR_PERMANENT);
-	assert_int_equal(provider_send(p, &m, 5, &r), OTP_ERR_PROVIDER);
-	assert_int_equal(provider_send(p, &m, 6, &r), OTP_ERR_PROVIDER); /* 200 without ok */
+	assert_int_equal(provider_send(p, NULL, &m, 4, &r), OTP_ERR_PERMANENT);
+	assert_int_equal(provider_send(p, NULL, &m, 5, &r), OTP_ERR_PROVIDER);
+	assert_int_equal(provider_send(p, NULL, &m, 6, &r), OTP_ERR_PROVIDER); /* 200 without ok */
 
 	json_t *all = fake_records(&f);
 	assert_int_equal(json_array_size(all), 6);
@@ -668,7 +705,7 @@ static void test_telegram_bot(void **state)
 	env_set(&e2, "OTPD_TELEGRAM_BOT_TOKEN", "%s", token);
 	c = env_config(&e2);
 	p = must_new("telegram_bot", c);
-	assert_int_equal(provider_send(p, &m, 1, &r), OTP_ERR_PROVIDER);
+	assert_int_equal(provider_send(p, NULL, &m, 1, &r), OTP_ERR_PROVIDER);
 	assert_clean_error(&r, "12345", token);
 	assert_null(strstr(r.error, "AAbb"));
 	provider_free(p);
@@ -739,22 +776,22 @@ static void test_twilio(void **state)
 	struct provider_result r;
 
 	struct otp_message sms = msg(OTP_CH_SMS, "77011234567", "12345", "Your code is 12345");
-	assert_int_equal(provider_send(p, &sms, 12, &r), 0);
+	assert_int_equal(provider_send(p, NULL, &sms, 12, &r), 0);
 	assert_string_equal(r.msg_id, "SM0001");
 	struct otp_message call = msg(OTP_CH_CALL, "77011234567", "12345", "Your code is 12345");
-	assert_int_equal(provider_send(p, &call, 13, &r), 0);
+	assert_int_equal(provider_send(p, NULL, &call, 13, &r), 0);
 	assert_string_equal(r.msg_id, "CA0002");
 	struct otp_message odd = msg(OTP_CH_CALL, "+77011234567", "907", "<Code> & \"907\"");
-	assert_int_equal(provider_send(p, &odd, 14, &r), 0);
-	assert_int_equal(provider_send(p, &sms, 15, &r), OTP_ERR_PERMANENT);
+	assert_int_equal(provider_send(p, NULL, &odd, 14, &r), 0);
+	assert_int_equal(provider_send(p, NULL, &sms, 15, &r), OTP_ERR_PERMANENT);
 	assert_non_null(strstr(r.error, "21211"));
 	assert_clean_error(&r, "12345", "tw-auth-token");
-	assert_int_equal(provider_send(p, &sms, 16, &r), OTP_ERR_PROVIDER);
-	assert_int_equal(provider_send(p, &sms, 17, &r), OTP_ERR_PERMANENT);
+	assert_int_equal(provider_send(p, NULL, &sms, 16, &r), OTP_ERR_PROVIDER);
+	assert_int_equal(provider_send(p, NULL, &sms, 17, &r), OTP_ERR_PERMANENT);
 	struct otp_message em = msg(OTP_CH_EMAIL, "a@example.com", "1", "x");
-	assert_int_equal(provider_send(p, &em, 18, &r), OTP_ERR_PERMANENT);
+	assert_int_equal(provider_send(p, NULL, &em, 18, &r), OTP_ERR_PERMANENT);
 	struct otp_message wa = msg(OTP_CH_WHATSAPP, "77011234567", "1", "x");
-	assert_int_equal(provider_send(p, &wa, 18, &r), OTP_ERR_PERMANENT);
+	assert_int_equal(provider_send(p, NULL, &wa, 18, &r), OTP_ERR_PERMANENT);
 
 	json_t *all = fake_records(&f);
 	assert_int_equal(json_array_size(all), 6);
@@ -810,8 +847,8 @@ static void test_twilio(void **state)
 	env_set(&e2, "OTPD_TWILIO_FROM", "MG0123");
 	c = env_config(&e2);
 	p = must_new("twilio", c);
-	assert_int_equal(provider_send(p, &sms, 1, &r), 0);
-	assert_int_equal(provider_send(p, &call, 2, &r), OTP_ERR_PERMANENT);
+	assert_int_equal(provider_send(p, NULL, &sms, 1, &r), 0);
+	assert_int_equal(provider_send(p, NULL, &call, 2, &r), OTP_ERR_PERMANENT);
 	assert_non_null(strstr(r.error, "OTPD_TWILIO_FROM"));
 	rec = only_record(&f);
 	assert_body(rec, "To=%2B77011234567&MessagingServiceSid=MG0123&Body=Your%20code%20is%2012345");
@@ -850,16 +887,16 @@ static void test_whatsapp(void **state)
 	struct otp_message m = msg(OTP_CH_WHATSAPP, "77011234567", "482913", "Your code is 482913");
 	struct provider_result r;
 
-	assert_int_equal(provider_send(p, &m, 1, &r), 0);
+	assert_int_equal(provider_send(p, NULL, &m, 1, &r), 0);
 	assert_string_equal(r.msg_id, "wamid.HBgL");
-	assert_int_equal(provider_send(p, &m, 2, &r), OTP_ERR_PROVIDER); /* rate limit in a 400 */
-	assert_int_equal(provider_send(p, &m, 3, &r), OTP_ERR_PERMANENT);
+	assert_int_equal(provider_send(p, NULL, &m, 2, &r), OTP_ERR_PROVIDER); /* rate limit in a 400 */
+	assert_int_equal(provider_send(p, NULL, &m, 3, &r), OTP_ERR_PERMANENT);
 	assert_non_null(strstr(r.error, "Invalid parameter"));
-	assert_int_equal(provider_send(p, &m, 4, &r), OTP_ERR_PERMANENT);
+	assert_int_equal(provider_send(p, NULL, &m, 4, &r), OTP_ERR_PERMANENT);
 	assert_clean_error(&r, "482913", "EAAG-wa-token");
-	assert_int_equal(provider_send(p, &m, 5, &r), OTP_ERR_PROVIDER);
+	assert_int_equal(provider_send(p, NULL, &m, 5, &r), OTP_ERR_PROVIDER);
 	struct otp_message sms = msg(OTP_CH_SMS, "77011234567", "1", "x");
-	assert_int_equal(provider_send(p, &sms, 6, &r), OTP_ERR_PERMANENT);
+	assert_int_equal(provider_send(p, NULL, &sms, 6, &r), OTP_ERR_PERMANENT);
 
 	json_t *all = fake_records(&f);
 	assert_int_equal(json_array_size(all), 5);
@@ -901,12 +938,12 @@ static void test_webhook(void **state)
 	struct otp_message m = {.channel = OTP_CH_EMAIL, .target = (char *)"a@example.com",
 	                        .code = (char *)"12345", .text = (char *)"Your code is 12345",
 	                        .subject = (char *)"Code \"12345\"", .lifetime = 300};
-	assert_int_equal(provider_send(p, &m, 12, &r), 0);
+	assert_int_equal(provider_send(p, NULL, &m, 12, &r), 0);
 	assert_string_equal(r.msg_id, "hook-1");
 	struct otp_message sms = msg(OTP_CH_SMS, "77011234567", "999", NULL);
-	assert_int_equal(provider_send(p, &sms, 13, &r), 0);
-	assert_int_equal(provider_send(p, &sms, 14, &r), OTP_ERR_PROVIDER);
-	assert_int_equal(provider_send(p, &sms, 15, &r), OTP_ERR_PERMANENT);
+	assert_int_equal(provider_send(p, NULL, &sms, 13, &r), 0);
+	assert_int_equal(provider_send(p, NULL, &sms, 14, &r), OTP_ERR_PROVIDER);
+	assert_int_equal(provider_send(p, NULL, &sms, 15, &r), OTP_ERR_PERMANENT);
 	assert_clean_error(&r, "999", secret);
 
 	json_t *all = fake_records(&f);
@@ -1079,7 +1116,7 @@ static void test_smtp_plain_message(void **state)
 		.text = (char *)"Your code is 12345.\n.\nIt expires in 5 minutes. 1+1=2",
 		.lifetime = 300,
 	};
-	assert_int_equal(provider_send(p, &m, 12, &r), 0);
+	assert_int_equal(provider_send(p, NULL, &m, 12, &r), 0);
 	assert_true(strncmp(r.msg_id, "otpd.12.", 8) == 0);
 	assert_non_null(strstr(r.msg_id, "@example.com"));
 
@@ -1134,13 +1171,13 @@ static void test_smtp_plain_message(void **state)
 	/* the same job again (a retry) has the same Message-ID */
 	char first[PROVIDER_MSGID_MAX];
 	snprintf(first, sizeof first, "%s", r.msg_id);
-	assert_int_equal(provider_send(p, &m, 12, &r), 0);
+	assert_int_equal(provider_send(p, NULL, &m, 12, &r), 0);
 	assert_string_equal(r.msg_id, first);
 
 	/* no text and no html (compat /email allows it): a mail with the subject only */
 	struct otp_message bare = m;
 	bare.text = NULL;
-	assert_int_equal(provider_send(p, &bare, 20, &r), 0);
+	assert_int_equal(provider_send(p, NULL, &bare, 20, &r), 0);
 	json_t *all = fake_records(&f);
 	assert_int_equal(json_array_size(all), 3);
 	data = rec_body(json_array_get(all, 2), &len);
@@ -1155,14 +1192,14 @@ static void test_smtp_plain_message(void **state)
 	/* a target that would add a header or a recipient is refused, nothing sent */
 	struct otp_message bad = m;
 	bad.target = (char *)"user@example.org\r\nBcc: x@example.net";
-	assert_int_equal(provider_send(p, &bad, 13, &r), OTP_ERR_PERMANENT);
+	assert_int_equal(provider_send(p, NULL, &bad, 13, &r), OTP_ERR_PERMANENT);
 	bad.target = (char *)"<user@example.org>";
-	assert_int_equal(provider_send(p, &bad, 13, &r), OTP_ERR_PERMANENT);
+	assert_int_equal(provider_send(p, NULL, &bad, 13, &r), OTP_ERR_PERMANENT);
 	all = fake_records(&f);
 	assert_int_equal(json_array_size(all), 3);
 	json_decref(all);
 	struct otp_message sms = msg(OTP_CH_SMS, "77011234567", "1", "x");
-	assert_int_equal(provider_send(p, &sms, 14, &r), OTP_ERR_PERMANENT);
+	assert_int_equal(provider_send(p, NULL, &sms, 14, &r), OTP_ERR_PERMANENT);
 
 	provider_free(p);
 	config_free(c);
@@ -1188,7 +1225,7 @@ static void test_smtp_mime(void **state)
 		.subject = (char *)subject, .text = (char *)text,
 		.html = (char *)longline, .lifetime = 300,
 	};
-	assert_int_equal(provider_send(p, &m, 7, &r), 0);
+	assert_int_equal(provider_send(p, NULL, &m, 7, &r), 0);
 	json_t *rec = only_record(&f);
 	assert_true(json_is_false(json_object_get(rec, "starttls_requested")));
 	assert_true(json_is_null(json_object_get(rec, "auth")));
@@ -1288,12 +1325,12 @@ static void test_smtp_classification(void **state)
 	           "--data-reply", "250 2.0.0 Ok", ARGS_END);
 	struct config *c = smtp_config(&f, "try", NULL, NULL);
 	struct provider *p = must_new("smtp", c);
-	assert_int_equal(provider_send(p, &m, 1, &r), OTP_ERR_PERMANENT);
+	assert_int_equal(provider_send(p, NULL, &m, 1, &r), OTP_ERR_PERMANENT);
 	assert_non_null(strstr(r.error, "550"));
 	assert_clean_error(&r, "12345", NULL);
-	assert_int_equal(provider_send(p, &m, 2, &r), OTP_ERR_PROVIDER);
+	assert_int_equal(provider_send(p, NULL, &m, 2, &r), OTP_ERR_PROVIDER);
 	assert_non_null(strstr(r.error, "451"));
-	assert_int_equal(provider_send(p, &m, 3, &r), 0);
+	assert_int_equal(provider_send(p, NULL, &m, 3, &r), 0);
 	provider_free(p);
 	config_free(c);
 	fake_stop(&f);
@@ -1302,14 +1339,14 @@ static void test_smtp_classification(void **state)
 	fake_start(&f, "smtp", "--auth", "mailer:right", "--auth-mechs", "LOGIN", ARGS_END);
 	c = smtp_config(&f, "try", "mailer", "wrong-pass");
 	p = must_new("smtp", c);
-	assert_int_equal(provider_send(p, &m, 1, &r), OTP_ERR_PERMANENT);
+	assert_int_equal(provider_send(p, NULL, &m, 1, &r), OTP_ERR_PERMANENT);
 	assert_clean_error(&r, "12345", "wrong-pass");
 	config_free(c);
 	provider_free(p);
 	/* AUTH LOGIN works too; a display name with specials is quoted */
 	c = smtp_config_from(&f, "\"Example, Inc.\" <otp@example.com>", "try", "mailer", "right");
 	p = must_new("smtp", c);
-	assert_int_equal(provider_send(p, &m, 1, &r), 0);
+	assert_int_equal(provider_send(p, NULL, &m, 1, &r), 0);
 	json_t *rec = only_record(&f);
 	assert_string_equal(rec_str(json_object_get(rec, "auth"), "mech"), "LOGIN");
 	char *data = rec_body(rec, NULL);
@@ -1326,7 +1363,7 @@ static void test_smtp_classification(void **state)
 	fake_start(&f, "smtp", "--starttls", ARGS_END);
 	c = smtp_config(&f, "require", NULL, NULL);
 	p = must_new("smtp", c);
-	assert_int_equal(provider_send(p, &m, 1, &r), OTP_ERR_PERMANENT);
+	assert_int_equal(provider_send(p, NULL, &m, 1, &r), OTP_ERR_PERMANENT);
 	json_t *all = fake_records(&f);
 	assert_int_equal(json_array_size(all), 0);
 	json_decref(all);
@@ -1340,7 +1377,7 @@ static void test_smtp_classification(void **state)
 	env_set(&e, "OTPD_SMTP_FROM", "otp@example.com");
 	c = env_config(&e);
 	p = must_new("smtp", c);
-	assert_int_equal(provider_send(p, &m, 1, &r), OTP_ERR_PROVIDER);
+	assert_int_equal(provider_send(p, NULL, &m, 1, &r), OTP_ERR_PROVIDER);
 	provider_free(p);
 	config_free(c);
 }
