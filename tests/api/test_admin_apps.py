@@ -247,7 +247,7 @@ def test_admin_keys(o):
 
 
 @pytest.mark.parametrize("body,status,error,field", [
-    ({"name": "k"}, 400, "invalid_parameter", "app_id"),
+    ({"name": "k"}, 400, "missing_parameter", "app_id"),
     ({"app_id": "app_" + "0" * 32}, 404, "not_found", "app_id"),
     ({"admin": True, "app_id": "APP"}, 400, "invalid_parameter", "app_id"),
     ({"admin": "yes"}, 400, "invalid_parameter", "admin"),
