@@ -261,6 +261,7 @@ static API_HANDLER(apps_delete_h)
 	if (rc != 0)
 		return rc;
 	api_app_forget(call->path[0]);
+	api_auth_forget_app(call->path[0]); /* its keys went with it */
 	resp->status = 204;
 	return 0;
 }

@@ -111,6 +111,15 @@ void api_auth_forget(const char *key_id)
 	pthread_mutex_unlock(&key_mu);
 }
 
+void api_auth_forget_app(const char *app_id)
+{
+	pthread_mutex_lock(&key_mu);
+	for (size_t i = 0; i < CACHE_SLOTS; i++)
+		if (key_slots[i].used && strcmp(key_slots[i].key.app_id, app_id) == 0)
+			key_slots[i].used = false;
+	pthread_mutex_unlock(&key_mu);
+}
+
 /* The key `id`: 0, OTP_ERR_NOT_FOUND or OTP_ERR_STORE. */
 static int key_lookup(const struct api_ctx *ctx, const char *id, struct store_key *out)
 {

@@ -178,6 +178,25 @@ static json_t *view(const struct store_verification *v, int64_t now)
 	return o;
 }
 
+/* The answer of a send, the first one and its replays alike: the verification as it was
+ * made (pending on its first channel, no attempts, one send), whatever happened since. */
+static json_t *made_view(const struct store_verification *v)
+{
+	struct store_verification *first = malloc(sizeof *first);
+	if (first == NULL)
+		return NULL;
+	*first = *v;
+	first->status = OTP_VS_PENDING;
+	first->cur_channel = v->channel;
+	memcpy(first->cur_target, v->target, sizeof first->cur_target);
+	first->attempts = 0;
+	first->sends = 1;
+	first->last_sent_at = v->created_at;
+	json_t *o = view(first, v->created_at);
+	free(first);
+	return o;
+}
+
 static int reply(struct api_response *resp, int status, json_t *body, struct otp_error *err)
 {
 	if (body == NULL)
@@ -430,15 +449,7 @@ static API_HANDLER(native_send)
 	api_log_started(ctx, call, &started);
 	if (started.replayed)
 		api_response_header(resp, "Idempotent-Replayed", "true");
-	json_t *body = view(&started.v, ctx->verify.now());
-	if (started.replayed && body != NULL) {
-		/* the first answer: as the verification stood when it was made */
-		json_object_set_new(body, "status", json_string("pending"));
-		json_object_set_new(body, "channel", json_string(otp_channel_name(started.v.channel)));
-		json_object_set_new(body, "recipient", recipient_json(started.v.channel,
-		                                                      started.v.target));
-	}
-	rc = reply(resp, 200, body, err);
+	rc = reply(resp, 200, made_view(&started.v), err);
 out:
 	if (have_app)
 		otp_app_settings_fini(&app);
@@ -657,6 +668,8 @@ static void native_error(const struct api_route *r, const struct otp_error *e,
 		json_object_set_new(o, "retry_after", json_integer(e->retry_after));
 	resp->status = api_status_for(e);
 	resp->body = o;
+	if (resp->status == 401) /* a 401 must say how to authenticate (RFC 9110 15.5.2) */
+		api_response_header(resp, "WWW-Authenticate", "Bearer realm=\"otpd\"");
 	if (e->retry_after > 0) {
 		char secs[24];
 		snprintf(secs, sizeof secs, "%" PRId64, e->retry_after);

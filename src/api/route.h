@@ -98,6 +98,8 @@ int api_authenticate(const struct api_ctx *ctx, enum api_auth auth, struct api_c
                      struct otp_error *err);
 /* Forget a cached key (after a revocation in this process). */
 void api_auth_forget(const char *key_id);
+/* Forget every cached key of an app (after its deletion in this process). */
+void api_auth_forget_app(const char *app_id);
 
 /* The settings of an app, through a short cache (parsed; the caller finishes them with
  * otp_app_settings_fini). 0, OTP_ERR_NOT_FOUND, OTP_ERR_STORE. */

@@ -186,6 +186,14 @@ static bool opt_text_ok(const char *s, size_t max)
 	return s == NULL || text_ok(s, max, true);
 }
 
+/* A fallback route: "channel:target" lines, newline-separated. */
+static bool route_ok(const char *s)
+{
+	size_t n = s != NULL ? strnlen(s, STORE_ROUTE_MAX) : 0;
+	return s == NULL ||
+	       (n < STORE_ROUTE_MAX && otp_utf8_valid(s, n) && !otp_has_control(s, true));
+}
+
 static bool target_ok(const char *t)
 {
 	return text_ok(t, OTP_TARGET_MAX, false);
@@ -525,7 +533,7 @@ int store_vf_start(struct store *s, const struct store_start *q, struct store_st
 	    (!q->skip && (q->payload == NULL || q->payload_len == 0)) ||
 	    (q->sealed_code != NULL && q->sealed_code_len == 0) ||
 	    !opt_text_ok(q->lang, STORE_LANG_MAX - 1) || !opt_text_ok(q->sender, STORE_SENDER_MAX - 1) ||
-	    !opt_text_ok(q->fallback, STORE_ROUTE_MAX - 1) ||
+	    !route_ok(q->fallback) ||
 	    (q->tmpl != NULL && (strnlen(q->tmpl, STORE_TEMPLATE_MAX) >= STORE_TEMPLATE_MAX ||
 	                         !otp_utf8_valid(q->tmpl, strlen(q->tmpl)))) ||
 	    (q->idem_key != NULL && !text_ok(q->idem_key, 255, false)) ||
@@ -837,7 +845,7 @@ int store_vf_resend(struct store *s, const struct store_resend *q, struct store_
 	memset(res, 0, sizeof *res);
 	if ((q->app_id != NULL && !app_ok(q->app_id)) || !id_ok(q->public_id) ||
 	    !channel_ok((int)q->channel) || !target_ok(q->target) ||
-	    !opt_text_ok(q->fallback, STORE_ROUTE_MAX - 1) || !opt_text_ok(q->ip, STORE_IP_MAX) ||
+	    !route_ok(q->fallback) || !opt_text_ok(q->ip, STORE_IP_MAX) ||
 	    (q->ip != NULL && q->ip[0] == '\0') ||
 	    !text_ok(q->provider, STORE_PROVIDER_MAX - 1, false) ||
 	    (!q->skip && (q->payload == NULL || q->payload_len == 0)))

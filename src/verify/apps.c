@@ -139,7 +139,8 @@ int keys_create(const struct verify_env *env, const char *app_id, bool admin,
 	memset(out, 0, sizeof *out);
 	secret[0] = '\0';
 	if (admin == (app_id != NULL && app_id[0] != '\0'))
-		return otp_error_set(err, OTP_ERR_INVALID, "invalid_parameter", "app_id",
+		return otp_error_set(err, OTP_ERR_INVALID,
+		                     admin ? "invalid_parameter" : "missing_parameter", "app_id",
 		                     admin ? "an admin key belongs to no app: leave out \"app_id\""
 		                           : "\"app_id\" parameter must be set (or ask for an admin key)");
 	if (format == NULL)

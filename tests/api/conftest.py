@@ -29,6 +29,9 @@ shared_otpd          a started default instance shared by one module: only for t
                      do not depend on state (use unique targets: uniq.phone() etc.).
 uniq                 fresh values: uniq.phone(), .email(), .chat_id(), .code(digits=6),
                      .target(channel).
+native_otpd          a started instance with NATIVE_ENV (OTPD_ADMIN_TOKEN, OTPD_LOG_CODES)
+                     shared by one module; tests isolate themselves by making their own
+                     app (native_otpd.new_app(settings)) and unique recipients.
 
 Otpd (tests/api/otpdlib.py)
 ---------------------------
@@ -46,6 +49,15 @@ Otpd (tests/api/otpdlib.py)
   .log_text(), .log_bytes(), .log_lines(), .log_records() (logfmt dicts),
   .wait_log(pred_or_regex, timeout=30), .log_tail()
 
+  Native dialect (instances started with NATIVE_ENV):
+  .admin(method, path, body=None, token=None)   /admin/* with OTPD_ADMIN_TOKEN as Bearer
+  .create_app(settings=None, name=None) -> app dict (201), .create_key(app_id, admin=False)
+  .new_app(settings=None) -> App: an app and a key; App.send/send_ok/verify/verify_ok/
+      resend/cancel/status/status_ok, App.request(method, path, body, auth="x-api"|"basic"|
+      "bearer"|None), App.id/.key_id/.secret/.token
+  .deliveries(target=None, channel=None)   the log provider's deliver records (with code)
+  .wait_deliveries(target, n), .delivery_of(verification_id), .code_of(verification_id)
+
 Module helpers (from otpdlib import ...):
   assert_ok(r)                  200 {"status":true}
   assert_json(r, status)        status + application/json; returns the body
@@ -57,6 +69,8 @@ Module helpers (from otpdlib import ...):
   send_body(channel, target, code, lifetime=300, **extra)   a complete send body
   run_otpd(args, env)           one-shot run (e.g. --check-config) in a clean environment
   base_env()                    the caller's environment minus every variable otpd reads
+  assert_native_error(r, status, error, field=None)   {"error","message","field"} answer
+  mask_target(t), unique_native_email(), NATIVE_ENV, ADMIN_TOKEN
   parse_logfmt(line), free_port(), otpd_bin(), REPO, TARGET_FIELD,
   unique_phone/email/chat_id/code/target
   pg_settings(), pg_sql(pg, sql), pg_dump_schema(pg, schema)   the test PostgreSQL server
@@ -68,7 +82,7 @@ otpdlib); poll, never sleep blindly, except where time itself is the subject (ex
 import pytest
 
 import otpdlib
-from otpdlib import Otpd, pg_settings
+from otpdlib import NATIVE_ENV, Otpd, pg_settings
 
 _PG = pg_settings()
 BACKENDS = ["sqlite", "pg"] if _PG else ["sqlite"]
@@ -136,6 +150,11 @@ def otpd(otpd_factory):
 @pytest.fixture(scope="module")
 def shared_otpd(otpd_module_factory):
     return otpd_module_factory()
+
+
+@pytest.fixture(scope="module")
+def native_otpd(otpd_module_factory):
+    return otpd_module_factory(env=NATIVE_ENV)
 
 
 class _Uniq:

@@ -6,6 +6,7 @@ over real HTTP with `requests`, and stopped with SIGTERM. See conftest.py for th
 fixtures and the list of what each helper does.
 """
 
+import base64
 import json
 import os
 import re
@@ -507,3 +508,198 @@ class Otpd:
         body = assert_json(r, 200)
         assert set(body) == {"status"} and isinstance(body["status"], bool), r.text
         return body["status"]
+
+    # -- the native dialect (instances started with NATIVE_ENV) --
+
+    def admin(self, method, path, body=None, token=None, **kw):
+        """A request to /admin/* with OTPD_ADMIN_TOKEN (or `token`) as Bearer."""
+        headers = dict(kw.pop("headers", None) or {})
+        headers.setdefault("Authorization", "Bearer " + (token or self.env["OTPD_ADMIN_TOKEN"]))
+        return self.request(method, path, body, headers=headers, **kw)
+
+    def create_app(self, settings=None, name=None):
+        """POST /admin/apps (asserting 201); returns the app object."""
+        body = {"name": name or "app-" + secrets.token_hex(4)}
+        if settings is not None:
+            body["settings"] = settings
+        r = self.admin("POST", "/admin/apps", body)
+        app = assert_json(r, 201)
+        assert app["id"].startswith("app_"), r.text
+        return app
+
+    def create_key(self, app_id=None, admin=False, name="test"):
+        """POST /admin/keys for app_id (or an admin key), asserting 201; returns the key object
+        with its secret and token."""
+        body = {"name": name}
+        if admin:
+            body["admin"] = True
+        else:
+            body["app_id"] = app_id
+        r = self.admin("POST", "/admin/keys", body)
+        key = assert_json(r, 201)
+        assert key["secret"] and key["token"] == key["id"] + "." + key["secret"], r.text
+        return key
+
+    def new_app(self, settings=None, name=None):
+        """An App (app + key) made over /admin."""
+        app = self.create_app(settings, name)
+        return App(self, app, self.create_key(app["id"]))
+
+    def deliveries(self, target=None, channel=None):
+        """The log provider's deliveries (msg=deliver records, needs OTPD_LOG_CODES=true), in
+        order; only those to `target` (matched by its masked form) / on `channel` when given."""
+        want = mask_target(target) if target is not None else None
+        out = []
+        for rec in self.log_records():
+            if rec.get("msg") != "deliver":
+                continue
+            if want is not None and rec.get("target") != want:
+                continue
+            if channel is not None and rec.get("channel") != channel:
+                continue
+            out.append(rec)
+        return out
+
+    def wait_deliveries(self, target, n, timeout=30.0, channel=None):
+        """Poll until `target` has at least n deliveries; returns them (all of them)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            got = self.deliveries(target, channel)
+            if len(got) >= n:
+                return got
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{len(got)} deliveries to {mask_target(target)} within "
+                                     f"{timeout}s, wanted {n}:\n" + self.log_tail())
+            time.sleep(0.02)
+
+    def delivery_of(self, verification_id, timeout=30.0):
+        """The first delivery of a verification: its "code stored" log line names the job,
+        the log provider's deliver line of that job holds the code (rec["code"])."""
+        stored = self.wait_log(lambda r: r.get("msg") == "code stored"
+                               and r.get("verification") == verification_id, timeout)
+        job = stored["job"]
+        return self.wait_log(lambda r: r.get("msg") == "deliver" and r.get("job") == job, timeout)
+
+    def code_of(self, verification_id, timeout=30.0):
+        """The code the server made (or took) for a verification, from its first delivery."""
+        return self.delivery_of(verification_id, timeout)["code"]
+
+
+# ---- the native dialect: apps, keys and /otp/* ------------------------------------------------
+
+# OTPD_ADMIN_TOKEN of instances started with NATIVE_ENV (at least 32 characters).
+ADMIN_TOKEN = "admin-" + secrets.token_hex(20)
+# What the native tests run with: the admin token (to make apps and keys over /admin) and
+# the log provider showing codes (to learn the code the server made from its deliveries).
+NATIVE_ENV = {"OTPD_ADMIN_TOKEN": ADMIN_TOKEN, "OTPD_LOG_CODES": "true"}
+
+
+def mask_target(target):
+    """The target as otpd's log lines show it (src/log.c log_mask_target)."""
+    target = str(target)
+    at = target.find("@")
+    if at > 0:
+        return target[0] + "***" + target[at:]
+    if len(target) < 9:
+        return "***"
+    return target[:4] + "***" + target[-4:]
+
+
+def unique_native_email():
+    """An email whose masked form (first letter + domain) is unique too."""
+    return f"u{secrets.token_hex(3)}@d{secrets.token_hex(6)}.example.com"
+
+
+def assert_native_error(resp, status, error, field=None):
+    """A native/admin error answer: HTTP status, JSON, exactly the keys error, message,
+    field (+ retry_after) in that order, `error` the reason, `field` as given (None: not
+    checked; False: must be JSON null). Returns the body."""
+    body = assert_json(resp, status)
+    assert keys(resp) in (["error", "message", "field"],
+                          ["error", "message", "field", "retry_after"]), resp.text
+    assert body["error"] == error, resp.text
+    assert isinstance(body["message"], str) and body["message"], resp.text
+    if field is False:
+        assert body["field"] is None, resp.text
+    elif field is not None:
+        assert body["field"] == field, resp.text
+    return body
+
+
+class App:
+    """An app made over /admin/apps and one API key of it (secret and token as /admin/keys
+    answered them once). Requests carry the key in one of its three forms:
+    auth="x-api" (X-API-Key + X-API-Secret, the default), "basic" (key:secret) or "bearer"
+    (key.secret); auth=None sends none."""
+
+    def __init__(self, otpd, app, key):
+        self.otpd = otpd
+        self.app = app
+        self.id = app["id"]
+        self.settings = app["settings"]
+        self.key = key
+        self.key_id = key["id"]
+        self.secret = key["secret"]
+        self.token = key["token"]
+
+    def auth_headers(self, auth="x-api"):
+        if auth is None:
+            return {}
+        if auth == "x-api":
+            return {"X-API-Key": self.key_id, "X-API-Secret": self.secret}
+        if auth == "basic":
+            raw = f"{self.key_id}:{self.secret}".encode()
+            return {"Authorization": "Basic " + base64.b64encode(raw).decode()}
+        if auth == "bearer":
+            return {"Authorization": "Bearer " + self.token}
+        raise ValueError(auth)
+
+    def request(self, method, path, body=None, auth="x-api", headers=None, **kw):
+        h = self.auth_headers(auth)
+        h.update(headers or {})
+        return self.otpd.request(method, path, body, headers=h, **kw)
+
+    def post(self, path, body=None, **kw):
+        return self.request("POST", path, body, **kw)
+
+    def get(self, path, params=None, **kw):
+        return self.request("GET", path, None, params=params, **kw)
+
+    # -- the endpoints --
+
+    def send(self, recipient, **fields):
+        body = {"recipient": recipient}
+        body.update(fields)
+        return self.post("/otp/send", body)
+
+    def send_ok(self, recipient, **fields):
+        """POST /otp/send, asserting 200 and a pending verification; returns the body."""
+        r = self.send(recipient, **fields)
+        body = assert_json(r, 200)
+        assert body["status"] == "pending" and body["verification_id"].startswith("otp_"), r.text
+        assert body["appid"] == self.id, r.text
+        return body
+
+    def verify(self, verification_id=None, code=None, **fields):
+        body = dict(fields)
+        if verification_id is not None:
+            body["verification_id"] = verification_id
+        if code is not None:
+            body["otp_code"] = code
+        return self.post("/otp/verify", body)
+
+    def verify_ok(self, verification_id, code, **fields):
+        """POST /otp/verify answered 200; returns the body."""
+        return assert_json(self.verify(verification_id, code, **fields), 200)
+
+    def resend(self, verification_id, **fields):
+        return self.post("/otp/resend", dict(fields, verification_id=verification_id))
+
+    def cancel(self, verification_id):
+        return self.post("/otp/cancel", {"verification_id": verification_id})
+
+    def status(self, verification_id):
+        return self.get("/otp/status", {"verification_id": verification_id})
+
+    def status_ok(self, verification_id):
+        return assert_json(self.status(verification_id), 200)

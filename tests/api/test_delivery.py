@@ -26,7 +26,7 @@ import pytest
 
 from e2elib import (DELIVERY_TIMEOUT, all_in_state, assert_code_not_logged, fakes,
                     only_job, ordered, outbox, pg_bin, quiet, reserve_port, wait_jobs)
-from otpdlib import assert_ok, base_env, pg_sql, run_otpd, unique_chat_id, \
+from otpdlib import ADMIN_TOKEN, assert_ok, base_env, pg_sql, run_otpd, unique_chat_id, \
     unique_code, unique_email, unique_phone
 
 FakeHTTP = fakes.FakeHTTP
@@ -619,15 +619,15 @@ def test_provider_whatsapp(otpd_factory, backend):
         o = start_otpd(otpd_factory, {
             "OTPD_WHATSAPP_PROVIDER": "whatsapp", "OTPD_WHATSAPP_BASE_URL": f.url + "/v19.0",
             "OTPD_WHATSAPP_TOKEN": "wa-token-1", "OTPD_WHATSAPP_PHONE_NUMBER_ID": "1098765",
-            "OTPD_WHATSAPP_TEMPLATE": "otp_auth", "OTPD_WHATSAPP_LANGUAGE": "pt_BR"},
-            provider=None)
+            "OTPD_WHATSAPP_TEMPLATE": "otp_auth", "OTPD_WHATSAPP_LANGUAGE": "pt_BR",
+            "OTPD_ADMIN_TOKEN": ADMIN_TOKEN}, provider=None)
         phone = unique_phone()
-        # whatsapp is not a compat channel: it is reached through the native dialect
-        r = o.post("/otp/send", {"appid": "e2e", "recipient": "+" + phone,
-                                 "channel": "whatsapp"})
-        if r.status_code == 404:
-            pytest.skip("no endpoint sends whatsapp yet (native POST /otp/send answers 404)")
+        # whatsapp is not a compat channel: it is reached through the native dialect, with
+        # an app's key
+        app = o.new_app()
+        r = app.send("+" + phone, channel="whatsapp")
         assert r.status_code == 200, r.text
+        assert r.json()["channel"] == "whatsapp"
         req = quiet(f, 1)[0]
         assert req["method"] == "POST" and req["path"] == "/v19.0/1098765/messages"
         assert req["header_map"].get("authorization") == "Bearer wa-token-1"
@@ -642,6 +642,7 @@ def test_provider_whatsapp(otpd_factory, backend):
                  "parameters": [{"type": "text", "text": code}]}]}}, body
         job = only_job(wait_jobs(o, job_sent(1), what="whatsapp sent"))
         assert job["provider_msg_id"] == "wamid.XYZ"
+        assert app.verify_ok(r.json()["verification_id"], code)["verified"] is True
         assert_code_not_logged(o, code)
         assert "wa-token-1" not in o.log_text()
 
