@@ -46,7 +46,7 @@ static void check_failure(int rc, const struct otp_error *err, json_t *p,
 {
 	CHECK(rc == OTP_ERR_INVALID || rc == OTP_ERR_NOMEM);
 	CHECK(err->code == rc && err->message[0] != '\0');
-	if (rc != OTP_ERR_INVALID || err->status_code[0] != '\0')
+	if (rc != OTP_ERR_INVALID || strcmp(err->reason, "missing_parameter") != 0)
 		return;
 	char want[64];
 	snprintf(want, sizeof want, "\"%s\" parameter must be set", err->field);
