@@ -51,7 +51,7 @@ bool otp_verification_live(enum otp_vstatus stored, bool consume, int64_t expire
 static const char *const event_names[OTP_EV_MAX + 1] = {
 	[OTP_EV_CREATED] = "created",
 	[OTP_EV_RESENT] = "resent",
-	[OTP_EV_DELIVERED] = "delivered",
+	[OTP_EV_SENT] = "sent",
 	[OTP_EV_DELIVERY_FAILED] = "delivery_failed",
 	[OTP_EV_CHECK_FAILED] = "check_failed",
 	[OTP_EV_APPROVED] = "approved",
@@ -59,6 +59,8 @@ static const char *const event_names[OTP_EV_MAX + 1] = {
 	[OTP_EV_CANCELED] = "canceled",
 	[OTP_EV_MAX_ATTEMPTS] = "max_attempts_reached",
 	[OTP_EV_REFUSED] = "refused",
+	[OTP_EV_DELIVERED] = "delivered",
+	[OTP_EV_UNDELIVERED] = "undelivered",
 };
 
 const char *otp_event_name(int ev)

@@ -43,7 +43,7 @@ bool otp_verification_live(enum otp_vstatus stored, bool consume, int64_t expire
 enum otp_event {
 	OTP_EV_CREATED = 1,         /* a verification was made and its first message queued */
 	OTP_EV_RESENT = 2,          /* another message was queued */
-	OTP_EV_DELIVERED = 3,       /* the provider accepted the message */
+	OTP_EV_SENT = 3,            /* the provider accepted the message */
 	OTP_EV_DELIVERY_FAILED = 4, /* the provider refused it for good, or retries ran out */
 	OTP_EV_CHECK_FAILED = 5,    /* a wrong code was presented */
 	OTP_EV_APPROVED = 6,
@@ -51,10 +51,13 @@ enum otp_event {
 	OTP_EV_CANCELED = 8,
 	OTP_EV_MAX_ATTEMPTS = 9,    /* the wrong code that used the last attempt */
 	OTP_EV_REFUSED = 10,        /* a send refused by a limit, a cooldown or max sends */
-	OTP_EV_MAX = 10
+	OTP_EV_DELIVERED = 11,      /* the provider's receipt: it reached the person */
+	OTP_EV_UNDELIVERED = 12,    /* the provider's receipt: it did not */
+	OTP_EV_MAX = 12
 };
-/* "created", "resent", "delivered", "delivery_failed", "check_failed", "approved",
- * "expired", "canceled", "max_attempts_reached", "refused"; "unknown" otherwise. */
+/* "created", "resent", "sent", "delivery_failed", "check_failed", "approved",
+ * "expired", "canceled", "max_attempts_reached", "refused", "delivered", "undelivered";
+ * "unknown" otherwise. */
 const char *otp_event_name(int ev);
 int otp_event_parse(const char *name, int *out);
 

@@ -1853,7 +1853,7 @@ static int mark(struct store *s, struct mark_ctx *x, const char *text, size_t ma
 
 int store_outbox_sent(struct store *s, int64_t id, int64_t now, const char *provider_msg_id)
 {
-	struct mark_ctx x = {.sql = SQ_JOB_SENT, .id = id, .now = now, .event = OTP_EV_DELIVERED};
+	struct mark_ctx x = {.sql = SQ_JOB_SENT, .id = id, .now = now, .event = OTP_EV_SENT};
 	return mark(s, &x, provider_msg_id, STORE_MSGID_MAX);
 }
 

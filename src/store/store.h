@@ -383,7 +383,7 @@ void store_outbox_counts_set(struct store_outbox_counts *c, const char *state, i
  * attempts unchanged. Concurrency-safe across processes. *n_out = jobs written. */
 int store_outbox_claim(struct store *s, int64_t now, int64_t lease_until,
                        struct store_job *jobs, size_t max, size_t *n_out);
-/* Delivered: state sent, attempts+1, provider_msg_id, payload erased; a "delivered"
+/* Delivered: state sent, attempts+1, provider_msg_id, payload erased; a "sent"
  * event for its verification. */
 int store_outbox_sent(struct store *s, int64_t id, int64_t now, const char *provider_msg_id);
 /* Failed attempt to retry later: state pending, attempts+1, next_at, last_error. */

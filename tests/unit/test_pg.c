@@ -1142,7 +1142,7 @@ static void test_migration_0003_carries_0002_rows(void **state)
 	assert_memory_equal(job.payload, "payload:1111", job.payload_len);
 	store_job_fini(&job);
 	assert_int_equal(store_outbox_sent(s, 1, NOW + 3, "m-1"), 0);
-	assert_int_equal(event_count(s, v1.public_id, OTP_EV_DELIVERED), 1);
+	assert_int_equal(event_count(s, v1.public_id, OTP_EV_SENT), 1);
 	/* new rows take new ids */
 	char id[STORE_ID_MAX];
 	assert_int_equal(send_code(s, SMS, "77010000009", NULL, "8888", NOW + 4, id), 0);

@@ -2518,7 +2518,7 @@ static void test_outbox_finish_acts_on_claimed_jobs_only(void **state)
 	assert_int_equal(store_outbox_retry(f->s, job, T0 + 4, T0 + 90, "x"), OTP_ERR_NOT_FOUND);
 	assert_int_equal(ev_total(f->s), events);
 
-	/* sent: one attempt more, the provider's id, a "delivered" event */
+	/* sent: one attempt more, the provider's id, a "sent" event */
 	struct store_job claimed;
 	assert_int_equal(store_outbox_claim(f->s, T0 + 90, T0 + 150, &claimed, 1, &n), 0);
 	assert_int_equal(n, 1);
@@ -2530,7 +2530,7 @@ static void test_outbox_finish_acts_on_claimed_jobs_only(void **state)
 	assert_int_equal(now.attempts, 2);
 	assert_string_equal(now.provider_msg_id, "msg-42");
 	assert_int_equal(now.updated_at, T0 + 91);
-	struct store_event e = ev_last(f->s, v.public_id, OTP_EV_DELIVERED);
+	struct store_event e = ev_last(f->s, v.public_id, OTP_EV_SENT);
 	assert_string_equal(e.app_id, "a");
 	assert_int_equal(e.channel, SMS);
 	assert_string_equal(e.target, "79000000001");
@@ -2671,7 +2671,7 @@ static void test_outbox_long_and_invalid_texts_are_cleaned(void **state)
 	assert_int_equal(store_outbox_sent(f->s, job[3], T0 + 10, msgid), 0);
 	info = job_info(f->s, job[3]);
 	assert_int_equal(strlen(info.provider_msg_id), STORE_MSGID_MAX - 1);
-	assert_int_equal(strlen(ev_last(f->s, ids[3], OTP_EV_DELIVERED).detail),
+	assert_int_equal(strlen(ev_last(f->s, ids[3], OTP_EV_SENT).detail),
 	                 STORE_MSGID_MAX - 1);
 
 	/* no text at all */
@@ -2680,7 +2680,7 @@ static void test_outbox_long_and_invalid_texts_are_cleaned(void **state)
 	assert_true(id > 0);
 	assert_int_equal(store_outbox_sent(f->s, id, T0 + 21, NULL), 0);
 	assert_string_equal(job_info(f->s, id).provider_msg_id, "");
-	assert_string_equal(ev_last(f->s, v.public_id, OTP_EV_DELIVERED).detail, "");
+	assert_string_equal(ev_last(f->s, v.public_id, OTP_EV_SENT).detail, "");
 }
 
 static void test_outbox_list_filters_pages_and_counts(void **state)
@@ -3562,7 +3562,7 @@ static void test_sqlite_migration_0002_carries_0001_rows(void **state)
 	assert_int_equal(job_info(f->s, 1).code_id, v1.id);
 	assert_int_equal(job_info(f->s, 2).code_id, v2.id);
 	assert_int_equal(store_outbox_sent(f->s, 1, T0 + 3, "m-1"), 0);
-	assert_int_equal(ev_count(f->s, v1.public_id, OTP_EV_DELIVERED), 1);
+	assert_int_equal(ev_count(f->s, v1.public_id, OTP_EV_SENT), 1);
 	/* new rows take new ids */
 	struct store_verification fresh = start_ok(f->s, "", SMS, "79000000009", "9999", T0 + 4);
 	assert_true(fresh.id > 5);
