@@ -1,10 +1,11 @@
 /*
  * smtp.c - the `smtp` provider: email through libcurl's SMTP client (smtp:// with
  * STARTTLS as OTPD_SMTP_STARTTLS says, smtps:// with implicit TLS, AUTH when a username is
- * set). It writes a complete RFC 5322 / MIME message: CRLF lines, a Subject in RFC 2047
- * encoded-words when it is not plain ASCII, text/plain or multipart/alternative with an
- * html part, quoted-printable or base64 bodies. Headers are built only from validated
- * addresses and a subject whose line breaks are removed, so no input can add a header.
+ * set). The MIME structure and the body encodings (quoted-printable, base64) are
+ * libcurl's (curl_mime_*): the text part, or a multipart/alternative of text and html.
+ * What libcurl does not do is ours: the header fields (Date, From, To, Subject in RFC 2047
+ * encoded-words when not plain ASCII, Message-ID), built only from validated addresses
+ * and a subject whose line breaks are removed, so no input can add a header.
  */
 #include <curl/curl.h>
 #include <inttypes.h>
@@ -100,82 +101,6 @@ static char *one_line(const char *s)
 	return t;
 }
 
-/*
- * Quoted-printable (RFC 2045 6.7): lines of at most 76 characters with soft breaks,
- * every line break of the input as CRLF, "=" and non-ASCII as =XX, white space before a
- * line end encoded, and a "." starting a line encoded so no line can end the DATA.
- */
-static void qp_add(struct provider_buf *b, const char *s)
-{
-	static const char hex[] = "0123456789ABCDEF";
-	const unsigned char *p = (const unsigned char *)s;
-	size_t col = 0;
-	while (*p) {
-		if (*p == '\r' || *p == '\n') {
-			if (p[0] == '\r' && p[1] == '\n')
-				p++;
-			p++;
-			provider_buf_adds(b, "\r\n");
-			col = 0;
-			continue;
-		}
-		bool eol = p[1] == '\0' || p[1] == '\r' || p[1] == '\n';
-		bool literal = (*p >= 33 && *p <= 126 && *p != '=') ||
-		               ((*p == ' ' || *p == '\t') && !eol);
-		size_t width = literal ? 1 : 3;
-		if (col + width > 75) {
-			provider_buf_adds(b, "=\r\n");
-			col = 0;
-		}
-		if (literal && !(col == 0 && *p == '.')) {
-			provider_buf_add(b, p, 1);
-			col += 1;
-		} else {
-			char t[3] = {'=', hex[*p >> 4], hex[*p & 15]};
-			provider_buf_add(b, t, 3);
-			col += 3;
-		}
-		p++;
-	}
-}
-
-static void base64_body_add(struct provider_buf *b, const char *s)
-{
-	/* 57 input bytes = 76 base64 characters per line */
-	char line[sodium_base64_ENCODED_LEN(57, sodium_base64_VARIANT_ORIGINAL)];
-	const unsigned char *p = (const unsigned char *)s;
-	size_t n = strlen(s);
-	while (n > 0) {
-		size_t take = n < 57 ? n : 57;
-		sodium_bin2base64(line, sizeof line, p, take, sodium_base64_VARIANT_ORIGINAL);
-		provider_buf_adds(b, line);
-		provider_buf_adds(b, "\r\n");
-		p += take;
-		n -= take;
-	}
-}
-
-/* One body part: headers, blank line, encoded content ending in CRLF. Mostly-ASCII text
- * goes quoted-printable (readable), the rest base64 (a third smaller for Cyrillic). */
-static void part_add(struct provider_buf *b, const char *mime, const char *content)
-{
-	size_t n = 0, high = 0;
-	for (const unsigned char *p = (const unsigned char *)content; *p; p++, n++)
-		if (*p >= 0x80)
-			high++;
-	bool b64 = high * 3 > n;
-	provider_buf_addf(b, "Content-Type: %s; charset=UTF-8\r\n", mime);
-	provider_buf_addf(b, "Content-Transfer-Encoding: %s\r\n\r\n",
-	                  b64 ? "base64" : "quoted-printable");
-	if (b64) {
-		base64_body_add(b, content);
-	} else {
-		qp_add(b, content);
-		if (b->len < 2 || b->p == NULL || memcmp(b->p + b->len - 2, "\r\n", 2) != 0)
-			provider_buf_adds(b, "\r\n");
-	}
-}
-
 static void date_add(struct provider_buf *b, time_t now)
 {
 	static const char *const days[] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
@@ -187,7 +112,7 @@ static void date_add(struct provider_buf *b, time_t now)
 		b->failed = true;
 		return;
 	}
-	provider_buf_addf(b, "Date: %s, %02d %s %04d %02d:%02d:%02d +0000\r\n", days[tm.tm_wday],
+	provider_buf_addf(b, "Date: %s, %02d %s %04d %02d:%02d:%02d +0000", days[tm.tm_wday],
 	                  tm.tm_mday, months[tm.tm_mon], tm.tm_year + 1900, tm.tm_hour, tm.tm_min,
 	                  tm.tm_sec);
 }
@@ -213,66 +138,121 @@ static void message_digest(const struct otp_message *m, int64_t job_id, char hex
 	sodium_memzero(&st, sizeof st);
 }
 
-/* The whole message into b; fills msgid (without brackets). */
-static void build_message(const struct smtp_provider *sp, const struct otp_message *m,
-                          int64_t job_id, time_t now, struct provider_buf *b,
-                          char *msgid, size_t msgid_cap)
+/* The header fields into hdr, one per list item; fills msgid (without brackets). */
+static void build_headers(const struct smtp_provider *sp, const struct otp_message *m,
+                          int64_t job_id, time_t now, struct curl_slist **hdr,
+                          char *msgid, size_t msgid_cap, bool *failed)
 {
 	char digest[33];
+	struct provider_buf b;
 	char *subject = one_line(m->subject ? m->subject : "");
 	if (subject == NULL) {
-		b->failed = true;
+		*failed = true;
 		return;
 	}
 	message_digest(m, job_id, digest);
 	snprintf(msgid, msgid_cap, "otpd.%" PRId64 ".%.16s@%s", job_id, digest, sp->domain);
-
-	date_add(b, now);
-	provider_buf_addf(b, "From: %s\r\n", sp->from_header);
-	provider_buf_adds(b, "To: ");
-	provider_buf_adds(b, m->target);
-	provider_buf_adds(b, "\r\nSubject: ");
-	if (plain_ascii(subject, 68))
-		provider_buf_adds(b, subject);
-	else
-		encoded_words(b, subject);
-	provider_buf_adds(b, "\r\n");
-	provider_buf_addf(b, "Message-ID: <%s>\r\n", msgid);
-	provider_buf_adds(b, "MIME-Version: 1.0\r\n");
-	provider_buf_adds(b, "Auto-Submitted: auto-generated\r\n");
-	if (m->text != NULL && m->html != NULL) {
-		char boundary[48];
-		snprintf(boundary, sizeof boundary, "=_otpd_%.16s", digest + 16);
-		provider_buf_addf(b, "Content-Type: multipart/alternative; boundary=\"%s\"\r\n\r\n",
-		                  boundary);
-		provider_buf_addf(b, "--%s\r\n", boundary);
-		part_add(b, "text/plain", m->text);
-		provider_buf_addf(b, "--%s\r\n", boundary);
-		part_add(b, "text/html", m->html);
-		provider_buf_addf(b, "--%s--\r\n", boundary);
-	} else if (m->html != NULL) {
-		part_add(b, "text/html", m->html);
-	} else {
-		/* neither part (the compat /email takes both as optional): the old service's
-		 * mail carried just the subject, and so does this one */
-		part_add(b, "text/plain", m->text ? m->text : "");
+	for (int field = 0; field < 6 && !*failed; field++) {
+		provider_buf_init(&b, SMTP_MESSAGE_MAX);
+		switch (field) {
+		case 0:
+			date_add(&b, now);
+			break;
+		case 1:
+			provider_buf_addf(&b, "From: %s", sp->from_header);
+			break;
+		case 2:
+			provider_buf_addf(&b, "To: %s", m->target);
+			break;
+		case 3:
+			provider_buf_adds(&b, "Subject: ");
+			if (plain_ascii(subject, 68))
+				provider_buf_adds(&b, subject);
+			else
+				encoded_words(&b, subject);
+			break;
+		case 4:
+			provider_buf_addf(&b, "Message-ID: <%s>", msgid);
+			break;
+		default:
+			provider_buf_adds(&b, "Auto-Submitted: auto-generated");
+			break;
+		}
+		struct curl_slist *next = b.failed ? NULL : curl_slist_append(*hdr, b.p);
+		if (next == NULL)
+			*failed = true;
+		else
+			*hdr = next;
+		provider_buf_fini(&b);
 	}
 	free(subject);
 }
 
-struct upload {
-	const char *p;
-	size_t len, off;
-};
-
-static size_t on_read(char *dst, size_t size, size_t nmemb, void *ctx)
+/* A copy of s with every line break as CRLF: libcurl's quoted-printable encoder keeps
+ * CRLF as a line break and would escape a bare LF. */
+static char *crlf_lines(const char *s)
 {
-	struct upload *u = ctx;
-	size_t room = size * nmemb;
-	size_t n = u->len - u->off < room ? u->len - u->off : room;
-	memcpy(dst, u->p + u->off, n);
-	u->off += n;
-	return n;
+	struct provider_buf b;
+	provider_buf_init(&b, SMTP_MESSAGE_MAX);
+	for (const char *p = s; *p; p++) {
+		if (*p == '\r' || *p == '\n') {
+			if (p[0] == '\r' && p[1] == '\n')
+				p++;
+			provider_buf_adds(&b, "\r\n");
+		} else {
+			provider_buf_add(&b, p, 1);
+		}
+	}
+	provider_buf_add(&b, "", 0);
+	char *out = b.failed || b.p == NULL ? NULL : strdup(b.p);
+	provider_buf_fini(&b);
+	return out;
+}
+
+/* One body part of mime: its type with charset, and quoted-printable for mostly-ASCII
+ * text (readable), base64 otherwise (a third smaller for Cyrillic). */
+static bool part_add(curl_mime *mime, const char *type, const char *content)
+{
+	size_t n = 0, high = 0;
+	for (const unsigned char *p = (const unsigned char *)content; *p; p++, n++)
+		if (*p >= 0x80)
+			high++;
+	char *text = crlf_lines(content);
+	curl_mimepart *part = curl_mime_addpart(mime);
+	bool ok = text != NULL && part != NULL &&
+	          curl_mime_data(part, text, CURL_ZERO_TERMINATED) == CURLE_OK &&
+	          curl_mime_type(part, type) == CURLE_OK &&
+	          curl_mime_encoder(part, high * 3 > n ? "base64" : "quoted-printable") == CURLE_OK;
+	free(text); /* curl_mime_data copied it */
+	return ok;
+}
+
+/* The body: the text part, or text and html as the alternatives of the message itself
+ * (its Content-Type header is then multipart/alternative, which libcurl completes with
+ * the boundary); neither (the compat /email takes both as optional): an empty text part,
+ * as the old service's mail carried just the subject. NULL when out of memory. */
+static curl_mime *build_body(CURL *h, const struct otp_message *m, struct curl_slist **hdr)
+{
+	curl_mime *mime = curl_mime_init(h);
+	if (mime == NULL)
+		return NULL;
+	bool ok;
+	if (m->text != NULL && m->html != NULL) {
+		struct curl_slist *next = curl_slist_append(*hdr, "Content-Type: multipart/alternative");
+		if (next != NULL)
+			*hdr = next;
+		ok = next != NULL && part_add(mime, "text/plain; charset=UTF-8", m->text) &&
+		     part_add(mime, "text/html; charset=UTF-8", m->html);
+	} else {
+		const char *content = m->html != NULL ? m->html : m->text != NULL ? m->text : "";
+		ok = part_add(mime, m->html != NULL ? "text/html; charset=UTF-8"
+		                                    : "text/plain; charset=UTF-8", content);
+	}
+	if (!ok) {
+		curl_mime_free(mime);
+		return NULL;
+	}
+	return mime;
 }
 
 static int classify(CURLcode cc, long reply)
@@ -300,34 +280,32 @@ static int smtp_send(struct provider *p, struct provider_session *sess,
 {
 	const struct smtp_provider *sp = (const struct smtp_provider *)p;
 	const struct config *cfg = sp->cfg;
-	struct provider_buf msg;
-	struct curl_slist *rcpt = NULL;
+	struct curl_slist *rcpt = NULL, *hdr = NULL;
+	curl_mime *body = NULL;
 	CURL *h = NULL;
 	char errbuf[CURL_ERROR_SIZE] = "";
 	char msgid[SMTP_ADDR_MAX + 64];
 	char rcpt_addr[SMTP_ADDR_MAX + 3];
+	bool failed = false;
 	int rc;
 
 	r->msg_id[0] = '\0';
 	r->error[0] = '\0';
-	provider_buf_init(&msg, SMTP_MESSAGE_MAX);
 	if (m->channel != OTP_CH_EMAIL)
 		return provider_fail(r, OTP_ERR_PERMANENT, "smtp provider does not deliver channel %s",
 		                     otp_channel_name(m->channel));
 	if (m->target == NULL || !addr_ok(m->target))
 		return provider_fail(r, OTP_ERR_PERMANENT, "not a deliverable email address");
+	if ((m->text ? strlen(m->text) : 0) + (m->html ? strlen(m->html) : 0) > SMTP_MESSAGE_MAX / 2)
+		return provider_fail(r, OTP_ERR_PERMANENT, "email too large");
 
-	build_message(sp, m, job_id, time(NULL), &msg, msgid, sizeof msgid);
-	if (msg.failed) {
-		rc = provider_fail(r, OTP_ERR_PERMANENT, "email too large or out of memory");
-		goto out;
-	}
+	build_headers(sp, m, job_id, time(NULL), &hdr, msgid, sizeof msgid, &failed);
 	snprintf(rcpt_addr, sizeof rcpt_addr, "<%s>", m->target);
-	if ((rcpt = curl_slist_append(NULL, rcpt_addr)) == NULL || (h = provider_session_get(sess)) == NULL) {
+	if (failed || (rcpt = curl_slist_append(NULL, rcpt_addr)) == NULL ||
+	    (h = provider_session_get(sess)) == NULL || (body = build_body(h, m, &hdr)) == NULL) {
 		rc = provider_fail(r, OTP_ERR_NOMEM, "out of memory");
 		goto out;
 	}
-	struct upload up = {.p = msg.p, .len = msg.len, .off = 0};
 	long timeout = cfg->provider_timeout > 0 ? cfg->provider_timeout : 10;
 	CURLcode cc;
 	if ((cc = curl_easy_setopt(h, CURLOPT_URL, cfg->smtp_url)) != CURLE_OK ||
@@ -337,10 +315,8 @@ static int smtp_send(struct provider *p, struct provider_session *sess,
 	    (cc = curl_easy_setopt(h, CURLOPT_USE_SSL, sp->use_ssl)) != CURLE_OK ||
 	    (cc = curl_easy_setopt(h, CURLOPT_MAIL_FROM, sp->from_addr)) != CURLE_OK ||
 	    (cc = curl_easy_setopt(h, CURLOPT_MAIL_RCPT, rcpt)) != CURLE_OK ||
-	    (cc = curl_easy_setopt(h, CURLOPT_UPLOAD, 1L)) != CURLE_OK ||
-	    (cc = curl_easy_setopt(h, CURLOPT_READFUNCTION, on_read)) != CURLE_OK ||
-	    (cc = curl_easy_setopt(h, CURLOPT_READDATA, &up)) != CURLE_OK ||
-	    (cc = curl_easy_setopt(h, CURLOPT_INFILESIZE_LARGE, (curl_off_t)msg.len)) != CURLE_OK ||
+	    (cc = curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdr)) != CURLE_OK ||
+	    (cc = curl_easy_setopt(h, CURLOPT_MIMEPOST, body)) != CURLE_OK ||
 	    (cc = curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf)) != CURLE_OK ||
 	    (cc = curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L)) != CURLE_OK ||
 	    (cc = curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, provider_curl_cancel_cb)) != CURLE_OK ||
@@ -375,9 +351,10 @@ static int smtp_send(struct provider *p, struct provider_session *sess,
 	else
 		rc = provider_fail(r, classify(cc, reply), "%s", detail);
 out:
-	provider_session_put(sess, h);
+	provider_session_put(sess, h); /* before the lists and body it points at are freed */
+	curl_mime_free(body);
+	curl_slist_free_all(hdr);
 	curl_slist_free_all(rcpt);
-	provider_buf_fini(&msg);
 	provider_result_scrub(r, m->code, cfg->smtp_password);
 	return rc;
 }
