@@ -422,6 +422,13 @@ static API_HANDLER(native_send)
 		rc = invalid(err, "Idempotency-Key", "must be 1 to 255 bytes of text");
 		goto out;
 	}
+	/* the key is bound to what was asked, not to its spelling: the parameters (query and
+	 * body) in one canonical form, so reordered or reformatted JSON still replays */
+	char *asked = idem != NULL ? json_dumps(p, JSON_SORT_KEYS | JSON_COMPACT) : NULL;
+	if (idem != NULL && asked == NULL) {
+		rc = otp_error_set(err, OTP_ERR_NOMEM, "internal", "", "out of memory");
+		goto out;
+	}
 	struct verify_start in = {
 		.app_id = app_id,
 		.channel = ch,
@@ -437,12 +444,13 @@ static API_HANDLER(native_send)
 		.fallback = fallback[0] ? fallback : NULL,
 		.keep_code = true, /* for resends */
 		.idem_key = idem,
-		.idem_body = call->req->body,
-		.idem_body_len = call->req->body ? call->req->body_len : 0,
+		.idem_body = asked,
+		.idem_body_len = asked ? strlen(asked) : 0,
 		.request_id = call->req->request_id,
 	};
 	struct verify_started started;
 	rc = verify_start(&ctx->verify, &in, &started, err);
+	otp_secret_free(asked); /* it may hold a caller's code */
 	api_count_send(ctx, ch, rc);
 	if (rc != 0)
 		goto out;

@@ -92,6 +92,25 @@ def test_replay_is_the_first_answer_after_the_verification_moved_on(o):
     assert_deliveries(o, p[1:], 2)   # the send and the resend, no replay
 
 
+def test_same_key_same_parameters_in_another_spelling_replays(o):
+    """The key is bound to what was asked: key order, white space and the place of a
+    parameter (query or body) do not make another request."""
+    app = o.new_app()
+    p, key = plus_phone(), new_key()
+    first = assert_json(app.post("/otp/send", {"recipient": p, "code_length": 8},
+                                 headers=idem(key)), 200)
+    spelled = '{ "code_length" : 8,\n  "recipient" : "%s" }' % p
+    r = app.request("POST", "/otp/send", None, data=spelled.encode(),
+                    headers={**idem(key), "Content-Type": "application/json"})
+    assert r.headers.get("Idempotent-Replayed") == "true", r.text
+    assert assert_json(r, 200) == first
+    r = app.request("POST", "/otp/send", {"code_length": 8}, params={"recipient": p},
+                    headers=idem(key))
+    assert r.headers.get("Idempotent-Replayed") == "true", r.text
+    assert assert_json(r, 200) == first
+    assert_deliveries(o, p[1:], 1)
+
+
 def test_same_key_other_body_is_409(o):
     app = o.new_app()
     p, key = plus_phone(), new_key()
